@@ -1,0 +1,39 @@
+# hvsnap — see README.md. `make demo` and `make test` are the two set-up commands.
+GO      ?= go
+BIN     ?= bin/hvsnap
+PKGS    ?= ./...
+FUZZTIME ?= 30s
+
+.PHONY: all build test test-deps demo bench fuzz cross vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/hvsnap
+
+# Installs the test oracles when missing (root only), then vet, tests, Windows build.
+test: test-deps
+	$(GO) vet $(PKGS)
+	test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+	GOOS=windows $(GO) build $(PKGS)
+
+test-deps:
+	@scripts/test-deps.sh
+
+demo: build
+	@scripts/demo.sh $(BIN)
+
+bench: build test-deps
+	@scripts/bench.sh $(BIN)
+
+fuzz:
+	$(GO) test ./vhd -run '^$$' -fuzz '^FuzzVHDOpen$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./vhd -run '^$$' -fuzz '^FuzzVHDXOpen$$' -fuzztime $(FUZZTIME)
+
+cross:
+	GOOS=windows GOARCH=amd64 $(GO) build -o bin/hvsnap.exe ./cmd/hvsnap
+	GOOS=linux GOARCH=arm64 $(GO) build -o bin/hvsnap-linux-arm64 ./cmd/hvsnap
+
+clean:
+	rm -rf bin

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/hvsnap/hvsnap/internal/progress"
+	"github.com/hvsnap/hvsnap/vhd"
+)
+
+// jsonSchema is the version of every JSON document hvsnap prints.
+const jsonSchema = 1
+
+// parseSize parses "10G", "512MiB", "4096", "1.5T" (binary units).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	if t == "" {
+		return 0, fmt.Errorf("empty size")
+	}
+	mult := int64(1)
+	for _, u := range []struct {
+		suf string
+		m   int64
+	}{{"TIB", vhd.TiB}, {"GIB", vhd.GiB}, {"MIB", vhd.MiB}, {"KIB", vhd.KiB},
+		{"TB", vhd.TiB}, {"GB", vhd.GiB}, {"MB", vhd.MiB}, {"KB", vhd.KiB},
+		{"T", vhd.TiB}, {"G", vhd.GiB}, {"M", vhd.MiB}, {"K", vhd.KiB}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suf) {
+			mult = u.m
+			t = strings.TrimSpace(strings.TrimSuffix(t, u.suf))
+			break
+		}
+	}
+	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
+		if n < 0 || (mult > 1 && n > (1<<62)/mult) {
+			return 0, fmt.Errorf("size %q out of range", s)
+		}
+		return n * mult, nil
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || f*float64(mult) > float64(int64(1)<<62) {
+		return 0, fmt.Errorf("invalid size %q (examples: 10G, 512MiB, 4096)", s)
+	}
+	v := int64(f * float64(mult))
+	return v, nil
+}
+
+// human renders a byte count as "10.0 GiB".
+func human(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f := float64(n)
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB", "PiB"} {
+		f /= unit
+		if f < unit && f > -unit {
+			return fmt.Sprintf("%.1f %s", f, u)
+		}
+	}
+	return fmt.Sprintf("%.1f EiB", f/unit)
+}
+
+// pathMapFlag is the repeatable --path-map flag.
+var pathMapFlag = &cli.StringSliceFlag{
+	Name:  "path-map",
+	Usage: "map a Windows path prefix to a local folder, e.g. 'C:\\VMs=/mnt/c/VMs' (repeatable)",
+}
+
+func pathMap(c *cli.Context) (vhd.PathMap, error) {
+	var pm vhd.PathMap
+	for _, s := range c.StringSlice("path-map") {
+		m, err := vhd.ParsePathMapping(s)
+		if err != nil {
+			return nil, usagef("%v", err)
+		}
+		pm = append(pm, m)
+	}
+	return pm, nil
+}
+
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print a JSON document instead of text"}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// oneArg returns the single positional argument or a usage error.
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", usagef("%s: expected one %s, got %d arguments (see hvsnap %s --help)", c.Command.Name, what, c.NArg(), c.Command.Name)
+	}
+	return c.Args().First(), nil
+}
+
+// reporter renders engine progress as a bar on a terminal, and nothing when
+// --quiet is given or stderr is not a terminal.
+func reporter(c *cli.Context) progress.Reporter {
+	if c.Bool("quiet") {
+		return progress.Nop{}
+	}
+	f, ok := c.App.ErrWriter.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return progress.Nop{}
+	}
+	return &barReporter{w: f}
+}
+
+type barReporter struct {
+	w   io.Writer
+	bar *progressbar.ProgressBar
+}
+
+func (r *barReporter) Start(name string, total int64) {
+	if total <= 0 {
+		total = -1
+	}
+	r.bar = progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(r.w),
+		progressbar.OptionSetDescription(name),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionShowElapsedTimeOnFinish(),
+		progressbar.OptionThrottle(100_000_000),
+		progressbar.OptionClearOnFinish(),
+	)
+}
+
+func (r *barReporter) Add(n int64) {
+	if r.bar != nil {
+		r.bar.Add64(n)
+	}
+}
+
+func (r *barReporter) Done() {
+	if r.bar != nil {
+		r.bar.Finish()
+		r.bar = nil
+	}
+}
