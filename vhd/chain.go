@@ -562,7 +562,7 @@ type ReparentOptions struct {
 // ReparentResult says what Reparent did.
 type ReparentResult struct {
 	Child, Parent string
-	LinkageOK     bool   // the new parent's identity matched
+	LinkageOK     bool // the new parent's identity matched
 	OldLocator    *ParentLocator
 	NewLocator    *ParentLocator
 	Note          string // what changed besides paths, when anything did

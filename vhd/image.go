@@ -141,8 +141,8 @@ type NewParent struct {
 	AbsolutePath string // e.g. `C:\VMs\base.vhdx`; omitted when ""
 	VolumePath   string // e.g. `\\?\Volume{...}\VMs\base.vhdx`; omitted when ""
 	// Geometry inherited by a new child.
-	VirtualSize       int64
-	LogicalSectorSize uint32
+	VirtualSize        int64
+	LogicalSectorSize  uint32
 	PhysicalSectorSize uint32
 }
 
