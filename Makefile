@@ -27,9 +27,12 @@ demo: build
 bench: build test-deps
 	@scripts/bench.sh $(BIN)
 
+# -fuzzminimizetime keeps Go from spending the whole run minimizing the
+# multi-KB seed images.
 fuzz:
-	$(GO) test ./vhd -run '^$$' -fuzz '^FuzzVHDOpen$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./vhd -run '^$$' -fuzz '^FuzzVHDXOpen$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./vhd -run '^$$' -fuzz '^FuzzVHDOpen$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x
+	$(GO) test ./vhd -run '^$$' -fuzz '^FuzzVHDXOpen$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x
+	$(GO) test ./vm -run '^$$' -fuzz '^FuzzVMCX$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x
 
 cross:
 	GOOS=windows GOARCH=amd64 $(GO) build -o bin/hvsnap.exe ./cmd/hvsnap
