@@ -14,7 +14,7 @@ build:
 # Installs the test oracles when missing (root only), then vet, tests, Windows build.
 test: test-deps
 	$(GO) vet $(PKGS)
-	test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 	GOOS=windows $(GO) build $(PKGS)
 

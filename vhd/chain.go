@@ -89,8 +89,10 @@ func parentCandidates(childPath string, loc *ParentLocator, pm PathMap) []candid
 		}
 		if l, ok := pm.ToLocal(w.p); ok {
 			add(w.via, l)
-		} else if !isWinAbs(w.p) && filepath.IsAbs(w.p) {
-			add(w.via, w.p) // a POSIX path written by a non-Windows tool
+		} else if !isWinAbs(w.p) && filepath.Separator == '/' && (strings.HasPrefix(w.p, `\`) || strings.HasPrefix(w.p, "/")) {
+			// A local POSIX path recorded by hvsnap on a non-Windows host
+			// (see newParentFor), or written with slashes by another tool.
+			add(w.via, strings.ReplaceAll(w.p, `\`, "/"))
 		}
 	}
 	dir := filepath.Dir(childPath)
@@ -691,6 +693,12 @@ func newParentFor(childPath string, parent *Image, pm PathMap) (*NewParent, erro
 	if abs, err := filepath.Abs(parent.Path()); err == nil {
 		if w, ok := pm.ToWindows(abs); ok {
 			np.AbsolutePath = w
+		} else {
+			// No Windows path is known: record the local absolute path in
+			// Windows separators. libvhdi (vhdimount) takes the parent's file
+			// name only from absolute_win32_path, and Hyper-V tries
+			// relative_path first, so this form is harmless there.
+			np.AbsolutePath = strings.ReplaceAll(abs, string(filepath.Separator), `\`)
 		}
 	}
 	switch inf.Format {

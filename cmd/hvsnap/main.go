@@ -79,7 +79,13 @@ Exit codes: 0 ok, 1 error, 2 usage error, 3 findings (check).`,
 // the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
+	unknown := ""
+	app.CommandNotFound = func(c *cli.Context, name string) { unknown = name }
 	err := app.Run(args)
+	if err == nil && unknown != "" {
+		fmt.Fprintf(stderr, "hvsnap: unknown command %q (see hvsnap --help)\n", unknown)
+		return exitUsage
+	}
 	if err == nil {
 		return exitOK
 	}

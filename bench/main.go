@@ -1,0 +1,236 @@
+// Command bench measures hvsnap side by side with its peer tools on the same
+// files and prints ratios (hvsnap time / peer time; < 1 means hvsnap is
+// faster) and peak memory. Run it with `make bench`; it is not a test.
+//
+// Scenarios:
+//   - convert: a dynamic VHDX (4 GiB virtual, ~1 GiB written at scattered
+//     offsets) to raw: `hvsnap convert` vs `qemu-img convert -f vhdx -O raw`.
+//   - chain: reading a 6-deep VHDX chain (the same amount of data spread
+//     over the layers) vs reading its flattened disk, both to /dev/null.
+//
+// Targets (from the issue): convert ratio ≤ 1.0, chain ratio ≤ 1.2, peak RSS
+// of every hvsnap run < 64 MiB. --strict exits 1 when one is missed.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/hvsnap/hvsnap/vhd"
+)
+
+type result struct {
+	Name    string  `json:"name"`
+	Command string  `json:"command"`
+	Seconds float64 `json:"seconds"` // best of the runs
+	MaxRSS  int64   `json:"max_rss_bytes"`
+	MBps    float64 `json:"mb_per_s"` // virtual bytes / s
+}
+
+func main() {
+	bin := flag.String("hvsnap", "bin/hvsnap", "hvsnap binary")
+	work := flag.String("work", "", "scratch folder (default: a new folder under /var/tmp)")
+	virt := flag.String("virtual", "4G", "virtual disk size")
+	data := flag.String("data", "1G", "bytes written at scattered offsets")
+	runs := flag.Int("runs", 3, "runs per command (best time is kept)")
+	strict := flag.Bool("strict", false, "exit 1 when a target is missed")
+	keep := flag.Bool("keep", false, "keep the scratch folder")
+	out := flag.String("out", "bench/out/results.json", "where to write the JSON results")
+	flag.Parse()
+	vs, err1 := parseSize(*virt)
+	ds, err2 := parseSize(*data)
+	if err1 != nil || err2 != nil || ds > vs {
+		fatal("bad --virtual/--data")
+	}
+	hv, err := filepath.Abs(*bin)
+	if err != nil {
+		fatal(err.Error())
+	}
+	if _, err := os.Stat(hv); err != nil {
+		fatal("build hvsnap first (make build): " + err.Error())
+	}
+	dir := *work
+	if dir == "" {
+		dir, err = os.MkdirTemp("/var/tmp", "hvsnap-bench-")
+		if err != nil {
+			fatal(err.Error())
+		}
+	}
+	if !*keep {
+		defer os.RemoveAll(dir)
+	}
+	fmt.Printf("bench: %s virtual, %s of data, %d runs each, scratch %s\n", *virt, *data, *runs, dir)
+
+	// 1. A dynamic VHDX with scattered data.
+	src := filepath.Join(dir, "src.vhdx")
+	rng := rand.New(rand.NewSource(1))
+	t0 := time.Now()
+	writeScattered(src, "", vs, ds, rng)
+	fmt.Printf("built %s in %.1fs\n", src, time.Since(t0).Seconds())
+
+	// 2. A 6-deep chain with the same amount of data spread over the layers.
+	prev := ""
+	var leaf string
+	for i := 0; i < 6; i++ {
+		p := filepath.Join(dir, fmt.Sprintf("chain%d.%s", i, map[bool]string{true: "vhdx", false: "avhdx"}[i == 0]))
+		writeScattered(p, prev, vs, ds/6, rng)
+		prev, leaf = p, p
+	}
+	flat := filepath.Join(dir, "flat.vhdx")
+	mustRun(hv, "-q", "convert", leaf, flat)
+	fmt.Printf("built 6-deep chain and its flattened copy\n")
+
+	var res []result
+	haveQemu := exec.Command("qemu-img", "--version").Run() == nil
+	outRaw := filepath.Join(dir, "out.raw")
+	res = append(res, measure("convert/hvsnap", *runs, vs, func() { os.Remove(outRaw) }, hv, "-q", "convert", src, outRaw))
+	if haveQemu {
+		res = append(res, measure("convert/qemu-img", *runs, vs, func() { os.Remove(outRaw) }, "qemu-img", "convert", "-f", "vhdx", "-O", "raw", src, outRaw))
+	}
+	os.Remove(outRaw)
+	res = append(res, measure("read/chain6", *runs, vs, nil, "sh", "-c", fmt.Sprintf("%q -q convert %q - > /dev/null", hv, leaf)))
+	res = append(res, measure("read/flat", *runs, vs, nil, "sh", "-c", fmt.Sprintf("%q -q convert %q - > /dev/null", hv, flat)))
+	res = append(res, measure("info+check/chain6", *runs, 0, nil, "sh", "-c", fmt.Sprintf("%q -q check %q > /dev/null", hv, leaf)))
+
+	fmt.Printf("\n%-20s %9s %10s %9s  %s\n", "scenario", "best s", "MB/s", "max RSS", "command")
+	for _, r := range res {
+		fmt.Printf("%-20s %9.3f %10.1f %7.1fMi  %s\n", r.Name, r.Seconds, r.MBps, float64(r.MaxRSS)/(1<<20), r.Command)
+	}
+	by := map[string]result{}
+	for _, r := range res {
+		by[r.Name] = r
+	}
+	missed := 0
+	fmt.Println()
+	if q, ok := by["convert/qemu-img"]; ok {
+		ratio := by["convert/hvsnap"].Seconds / q.Seconds
+		fmt.Printf("convert ratio hvsnap/qemu-img = %.2f (target ≤ 1.00) %s\n", ratio, verdict(ratio <= 1.0, &missed))
+	} else {
+		fmt.Println("convert ratio: qemu-img not installed, not measured")
+	}
+	cr := by["read/chain6"].Seconds / by["read/flat"].Seconds
+	fmt.Printf("chain read ratio 6-deep/flat = %.2f (target ≤ 1.20) %s\n", cr, verdict(cr <= 1.2, &missed))
+	var maxRSS int64
+	for _, r := range res {
+		if r.Name != "convert/qemu-img" && r.MaxRSS > maxRSS {
+			maxRSS = r.MaxRSS
+		}
+	}
+	fmt.Printf("peak RSS of hvsnap runs = %.1f MiB (target < 64 MiB) %s\n", float64(maxRSS)/(1<<20), verdict(maxRSS < 64<<20, &missed))
+	if *out != "" {
+		os.MkdirAll(filepath.Dir(*out), 0o755)
+		b, _ := json.MarshalIndent(map[string]any{"virtual": vs, "data": ds, "runs": *runs, "results": res}, "", "  ")
+		os.WriteFile(*out, b, 0o644)
+	}
+	if *strict && missed > 0 {
+		os.Exit(1)
+	}
+}
+
+func verdict(ok bool, missed *int) string {
+	if ok {
+		return "OK"
+	}
+	*missed++
+	return "MISSED"
+}
+
+// writeScattered creates path (a child of parent when parent != "") and
+// writes total bytes in 1-4 MiB pieces at random offsets.
+func writeScattered(path, parent string, size, total int64, rng *rand.Rand) {
+	spec := vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: size, BlockSize: 2 * vhd.MiB}
+	if parent != "" {
+		spec = vhd.CreateSpec{Format: vhd.FormatVHDX, Parent: parent}
+	}
+	im, err := vhd.Create(path, spec, nil)
+	if err != nil {
+		fatal(err.Error())
+	}
+	im.Close()
+	c, err := vhd.OpenChain(path, nil)
+	if err != nil {
+		fatal(err.Error())
+	}
+	defer c.Close()
+	buf := make([]byte, 4*vhd.MiB)
+	for done := int64(0); done < total; {
+		n := int64(1+rng.Intn(4)) * vhd.MiB
+		n = min(n, total-done)
+		off := rng.Int63n((size-n)/4096) * 4096
+		rng.Read(buf[:n])
+		if _, err := c.WriteAt(buf[:n], off); err != nil {
+			fatal(err.Error())
+		}
+		done += n
+	}
+	if err := c.Flush(); err != nil {
+		fatal(err.Error())
+	}
+}
+
+func measure(name string, runs int, bytes int64, before func(), cmd string, args ...string) result {
+	r := result{Name: name, Command: cmd + " " + fmt.Sprint(args)}
+	var times []float64
+	for i := 0; i < runs; i++ {
+		if before != nil {
+			before()
+		}
+		c := exec.Command(cmd, args...)
+		c.Stderr = os.Stderr
+		t0 := time.Now()
+		if err := c.Run(); err != nil {
+			fatal(fmt.Sprintf("%s: %v", r.Command, err))
+		}
+		times = append(times, time.Since(t0).Seconds())
+		if rss := maxRSS(c.ProcessState); rss > r.MaxRSS {
+			r.MaxRSS = rss
+		}
+	}
+	sort.Float64s(times)
+	r.Seconds = times[0]
+	if bytes > 0 {
+		r.MBps = float64(bytes) / (1 << 20) / r.Seconds
+	}
+	return r
+}
+
+func mustRun(cmd string, args ...string) {
+	c := exec.Command(cmd, args...)
+	c.Stderr = os.Stderr
+	if err := c.Run(); err != nil {
+		fatal(fmt.Sprintf("%s %v: %v", cmd, args, err))
+	}
+}
+
+func parseSize(s string) (int64, error) {
+	var n int64
+	var u string
+	if _, err := fmt.Sscanf(s, "%d%s", &n, &u); err != nil {
+		if _, err := fmt.Sscanf(s, "%d", &n); err != nil {
+			return 0, err
+		}
+	}
+	switch u {
+	case "", "B":
+		return n, nil
+	case "K":
+		return n << 10, nil
+	case "M":
+		return n << 20, nil
+	case "G":
+		return n << 30, nil
+	}
+	return 0, fmt.Errorf("unit %q", u)
+}
+
+func fatal(msg string) {
+	fmt.Fprintln(os.Stderr, "bench: "+msg)
+	os.Exit(1)
+}
