@@ -7,9 +7,17 @@
 //     offsets) to raw: `hvsnap convert` vs `qemu-img convert -f vhdx -O raw`.
 //   - chain: reading a 6-deep VHDX chain (the same amount of data spread
 //     over the layers) vs reading its flattened disk, both to /dev/null.
+//   - space: a synthetic store of --space-vms VMs (3-10 sparse checkpoint
+//     disks each, XML configs, ~50 small config/state/log files per VM):
+//     `hvsnap space --json ROOT > /dev/null` vs `du -s ROOT`, warm cache
+//     (one untimed run of each first). When `hvsnap space` fails the
+//     scenario prints "space: not measured (...)" and the bench goes on.
 //
-// Targets (from the issue): convert ratio ≤ 1.0, chain ratio ≤ 1.2, peak RSS
-// of every hvsnap run < 64 MiB. --strict exits 1 when one is missed.
+// --only convert,chain,space runs some scenarios (default: all).
+//
+// Targets (from the issues): convert ratio ≤ 1.0, chain ratio ≤ 1.2, peak
+// RSS of every convert/read/check run < 64 MiB; space ratio ≤ 1.0 and its
+// peak RSS < 200 MiB. --strict exits 1 when one is missed.
 package main
 
 import (
@@ -44,7 +52,24 @@ func main() {
 	strict := flag.Bool("strict", false, "exit 1 when a target is missed")
 	keep := flag.Bool("keep", false, "keep the scratch folder")
 	out := flag.String("out", "bench/out/results.json", "where to write the JSON results")
+	only := flag.String("only", "", "comma-separated scenarios to run: convert, chain, space (default: all)")
+	spaceVMs := flag.Int("space-vms", 200, "space: VMs in the synthetic store")
+	spaceVirt := flag.String("space-virtual", "1G", "space: virtual size of each disk (sparse)")
 	flag.Parse()
+	want := map[string]bool{}
+	for _, n := range strings.Split(*only, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			if n != "convert" && n != "chain" && n != "space" {
+				fatal("--only: unknown scenario " + n)
+			}
+			want[n] = true
+		}
+	}
+	run := func(name string) bool { return len(want) == 0 || want[name] }
+	svs, err := parseSize(*spaceVirt)
+	if err != nil || svs <= 0 {
+		fatal("bad --space-virtual")
+	}
 	vs, err1 := parseSize(*virt)
 	ds, err2 := parseSize(*data)
 	if err1 != nil || err2 != nil || ds > vs {
@@ -69,42 +94,55 @@ func main() {
 	}
 	fmt.Printf("bench: %s virtual, %s of data, %d runs each, scratch %s\n", *virt, *data, *runs, dir)
 
-	// 1. A dynamic VHDX with scattered data.
-	src := filepath.Join(dir, "src.vhdx")
-	rng := rand.New(rand.NewSource(1))
-	t0 := time.Now()
-	writeScattered(src, "", vs, ds, rng)
-	fmt.Printf("built %s in %.1fs\n", src, time.Since(t0).Seconds())
-
-	// 2. A 6-deep chain with the same amount of data spread over the layers.
-	prev := ""
-	var leaf string
-	for i := 0; i < 6; i++ {
-		p := filepath.Join(dir, fmt.Sprintf("chain%d.%s", i, map[bool]string{true: "vhdx", false: "avhdx"}[i == 0]))
-		writeScattered(p, prev, vs, ds/6, rng)
-		prev, leaf = p, p
-	}
-	flat := filepath.Join(dir, "flat.vhdx")
-	mustRun(hv, "-q", "convert", "--block-size", "2M", leaf, flat) // same block size as the chain
-	fmt.Printf("built 6-deep chain and its flattened copy\n")
-
 	var res []result
+	rng := rand.New(rand.NewSource(1))
 	haveQemu := exec.Command("qemu-img", "--version").Run() == nil
-	outRaw := filepath.Join(dir, "out.raw")
-	// Before each run (untimed): remove the output and flush earlier runs'
-	// dirty pages, so one run's write-back does not land in the next one's time.
-	fresh := func() { os.Remove(outRaw); exec.Command("sync").Run() }
-	res = append(res, measure("convert/hvsnap", *runs, vs, fresh, hv, "-q", "convert", src, outRaw))
-	if haveQemu {
-		// qemu-img does not fsync its output; hvsnap does (before renaming
-		// it into place). "+sync" is the same durable result.
-		res = append(res, measure("convert/qemu-img", *runs, vs, fresh, "qemu-img", "convert", "-f", "vhdx", "-O", "raw", src, outRaw))
-		res = append(res, measure("convert/qemu-img+sync", *runs, vs, fresh, "sh", "-c", fmt.Sprintf("qemu-img convert -f vhdx -O raw %q %q && sync", src, outRaw)))
+	if run("convert") {
+		// 1. A dynamic VHDX with scattered data.
+		src := filepath.Join(dir, "src.vhdx")
+		t0 := time.Now()
+		writeScattered(src, "", vs, ds, rng)
+		fmt.Printf("built %s in %.1fs\n", src, time.Since(t0).Seconds())
+
+		outRaw := filepath.Join(dir, "out.raw")
+		// Before each run (untimed): remove the output and flush earlier runs'
+		// dirty pages, so one run's write-back does not land in the next one's time.
+		fresh := func() { os.Remove(outRaw); exec.Command("sync").Run() }
+		res = append(res, measure("convert/hvsnap", *runs, vs, fresh, hv, "-q", "convert", src, outRaw))
+		if haveQemu {
+			// qemu-img does not fsync its output; hvsnap does (before renaming
+			// it into place). "+sync" is the same durable result.
+			res = append(res, measure("convert/qemu-img", *runs, vs, fresh, "qemu-img", "convert", "-f", "vhdx", "-O", "raw", src, outRaw))
+			res = append(res, measure("convert/qemu-img+sync", *runs, vs, fresh, "sh", "-c", fmt.Sprintf("qemu-img convert -f vhdx -O raw %q %q && sync", src, outRaw)))
+		}
+		os.Remove(outRaw)
 	}
-	os.Remove(outRaw)
-	res = append(res, measure("read/chain6", *runs, vs, nil, "sh", "-c", fmt.Sprintf("%q -q convert %q - > /dev/null", hv, leaf)))
-	res = append(res, measure("read/flat", *runs, vs, nil, "sh", "-c", fmt.Sprintf("%q -q convert %q - > /dev/null", hv, flat)))
-	res = append(res, measure("info+check/chain6", *runs, 0, nil, "sh", "-c", fmt.Sprintf("%q -q check %q > /dev/null", hv, leaf)))
+
+	if run("chain") {
+		// 2. A 6-deep chain with the same amount of data spread over the layers.
+		prev := ""
+		var leaf string
+		for i := 0; i < 6; i++ {
+			p := filepath.Join(dir, fmt.Sprintf("chain%d.%s", i, map[bool]string{true: "vhdx", false: "avhdx"}[i == 0]))
+			writeScattered(p, prev, vs, ds/6, rng)
+			prev, leaf = p, p
+		}
+		flat := filepath.Join(dir, "flat.vhdx")
+		mustRun(hv, "-q", "convert", "--block-size", "2M", leaf, flat) // same block size as the chain
+		fmt.Printf("built 6-deep chain and its flattened copy\n")
+
+		res = append(res, measure("read/chain6", *runs, vs, nil, "sh", "-c", fmt.Sprintf("%q -q convert %q - > /dev/null", hv, leaf)))
+		res = append(res, measure("read/flat", *runs, vs, nil, "sh", "-c", fmt.Sprintf("%q -q convert %q - > /dev/null", hv, flat)))
+		res = append(res, measure("info+check/chain6", *runs, 0, nil, "sh", "-c", fmt.Sprintf("%q -q check %q > /dev/null", hv, leaf)))
+	}
+
+	// 3. The space analyzer on a synthetic store, against du.
+	var spaceErr error
+	if run("space") {
+		var sr []result
+		sr, spaceErr = runSpace(hv, dir, *spaceVMs, svs, *runs)
+		res = append(res, sr...)
+	}
 
 	fmt.Printf("\n%-20s %9s %10s %9s  %s\n", "scenario", "best s", "MB/s", "max RSS", "command")
 	for _, r := range res {
@@ -115,26 +153,46 @@ func main() {
 		by[r.Name] = r
 	}
 	missed := 0
+	summary := map[string]any{}
 	fmt.Println()
-	if q, ok := by["convert/qemu-img+sync"]; ok {
-		ratio := by["convert/hvsnap"].Seconds / q.Seconds
-		fmt.Printf("convert ratio hvsnap/(qemu-img + sync) = %.2f (target ≤ 1.00, same durable result) %s\n", ratio, verdict(ratio <= 1.0, &missed))
-		fmt.Printf("convert ratio hvsnap/qemu-img without its sync = %.2f (qemu-img leaves its output unflushed; for information)\n", by["convert/hvsnap"].Seconds/by["convert/qemu-img"].Seconds)
-	} else {
-		fmt.Println("convert ratio: qemu-img not installed, not measured")
-	}
-	cr := by["read/chain6"].Seconds / by["read/flat"].Seconds
-	fmt.Printf("chain read ratio 6-deep/flat = %.2f (target ≤ 1.20) %s\n", cr, verdict(cr <= 1.2, &missed))
-	var maxRSS int64
-	for _, r := range res {
-		if !strings.Contains(r.Name, "qemu-img") && r.MaxRSS > maxRSS {
-			maxRSS = r.MaxRSS
+	if run("convert") {
+		if q, ok := by["convert/qemu-img+sync"]; ok {
+			ratio := by["convert/hvsnap"].Seconds / q.Seconds
+			fmt.Printf("convert ratio hvsnap/(qemu-img + sync) = %.2f (target ≤ 1.00, same durable result) %s\n", ratio, verdict(ratio <= 1.0, &missed))
+			fmt.Printf("convert ratio hvsnap/qemu-img without its sync = %.2f (qemu-img leaves its output unflushed; for information)\n", by["convert/hvsnap"].Seconds/by["convert/qemu-img"].Seconds)
+		} else {
+			fmt.Println("convert ratio: qemu-img not installed, not measured")
 		}
 	}
-	fmt.Printf("peak RSS of hvsnap runs = %.1f MiB (target < 64 MiB) %s\n", float64(maxRSS)/(1<<20), verdict(maxRSS < 64<<20, &missed))
+	if run("chain") {
+		cr := by["read/chain6"].Seconds / by["read/flat"].Seconds
+		fmt.Printf("chain read ratio 6-deep/flat = %.2f (target ≤ 1.20) %s\n", cr, verdict(cr <= 1.2, &missed))
+	}
+	if run("convert") || run("chain") {
+		var maxRSS int64
+		for _, r := range res {
+			if !strings.Contains(r.Name, "qemu-img") && !strings.HasPrefix(r.Name, "space/") && r.MaxRSS > maxRSS {
+				maxRSS = r.MaxRSS
+			}
+		}
+		fmt.Printf("peak RSS of hvsnap runs = %.1f MiB (target < 64 MiB) %s\n", float64(maxRSS)/(1<<20), verdict(maxRSS < 64<<20, &missed))
+	}
+	if run("space") {
+		if spaceErr != nil {
+			fmt.Printf("space: not measured (%v)\n", spaceErr)
+			summary["space_error"] = spaceErr.Error()
+		} else {
+			h, d := by["space/hvsnap"], by["space/du"]
+			ratio := h.Seconds / d.Seconds
+			fmt.Printf("space ratio hvsnap space --json / du -s = %.2f (target ≤ 1.00, warm cache) %s\n", ratio, verdict(ratio <= 1.0, &missed))
+			fmt.Printf("space peak RSS = %.1f MiB (target < 200 MiB) %s\n", float64(h.MaxRSS)/(1<<20), verdict(h.MaxRSS < 200<<20, &missed))
+			summary["space_ratio"] = ratio
+			summary["space_max_rss_bytes"] = h.MaxRSS
+		}
+	}
 	if *out != "" {
 		os.MkdirAll(filepath.Dir(*out), 0o755)
-		b, _ := json.MarshalIndent(map[string]any{"virtual": vs, "data": ds, "runs": *runs, "results": res}, "", "  ")
+		b, _ := json.MarshalIndent(map[string]any{"virtual": vs, "data": ds, "runs": *runs, "space_vms": *spaceVMs, "results": res, "summary": summary}, "", "  ")
 		os.WriteFile(*out, b, 0o644)
 	}
 	if *strict && missed > 0 {
@@ -184,6 +242,15 @@ func writeScattered(path, parent string, size, total int64, rng *rand.Rand) {
 }
 
 func measure(name string, runs int, bytes int64, before func(), cmd string, args ...string) result {
+	r, err := measureE(name, runs, bytes, before, cmd, args...)
+	if err != nil {
+		fatal(err.Error())
+	}
+	return r
+}
+
+// measureE is measure returning the failure of a run instead of exiting.
+func measureE(name string, runs int, bytes int64, before func(), cmd string, args ...string) (result, error) {
 	r := result{Name: name, Command: cmd + " " + fmt.Sprint(args)}
 	var times []float64
 	for i := 0; i < runs; i++ {
@@ -194,7 +261,7 @@ func measure(name string, runs int, bytes int64, before func(), cmd string, args
 		c.Stderr = os.Stderr
 		t0 := time.Now()
 		if err := c.Run(); err != nil {
-			fatal(fmt.Sprintf("%s: %v", r.Command, err))
+			return r, fmt.Errorf("%s: %v", r.Command, err)
 		}
 		times = append(times, time.Since(t0).Seconds())
 		if rss := maxRSS(c.ProcessState); rss > r.MaxRSS {
@@ -206,7 +273,7 @@ func measure(name string, runs int, bytes int64, before func(), cmd string, args
 	if bytes > 0 {
 		r.MBps = float64(bytes) / (1 << 20) / r.Seconds
 	}
-	return r
+	return r, nil
 }
 
 func mustRun(cmd string, args ...string) {

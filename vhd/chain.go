@@ -712,3 +712,39 @@ func newParentFor(childPath string, parent *Image, pm PathMap) (*NewParent, erro
 	}
 	return np, nil
 }
+
+// ParentLink is how one differencing disk resolves its parent.
+type ParentLink struct {
+	Path      string    // the parent's path
+	Via       string    // locator entry that found it
+	LinkageOK bool      // the parent's identity matches
+	Info      Info      // the parent's description
+	Warnings  []Finding // linkage mismatch, size mismatch, timestamp
+}
+
+// ResolveParent finds im's parent without opening the rest of the chain. A
+// candidate whose identity does not match is still returned, with LinkageOK
+// false and a warning. Errors: ErrParentNotFound, ErrSectorSizeMismatch, an
+// unreadable parent, or a parent that is im itself (ErrChainCycle). Returns
+// nil, nil when im is not a differencing disk.
+func (im *Image) ResolveParent(opts *Options) (*ParentLink, error) {
+	loc := im.Parent()
+	if loc == nil {
+		return nil, nil
+	}
+	o := Options{}
+	if opts != nil {
+		o = *opts
+	}
+	o.IgnoreLinkage = true
+	var seen []os.FileInfo
+	if st, err := os.Stat(im.path); err == nil {
+		seen = append(seen, st)
+	}
+	p, link, warn, err := resolveParent(im, loc, &o, seen)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return &ParentLink{Path: p.Path(), Via: link.Via, LinkageOK: link.LinkageOK, Info: p.Info(), Warnings: warn}, nil
+}

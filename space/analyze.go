@@ -1,0 +1,911 @@
+package space
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hvsnap/hvsnap/internal/progress"
+	"github.com/hvsnap/hvsnap/vhd"
+	"github.com/hvsnap/hvsnap/vm"
+)
+
+// Options control Analyze.
+type Options struct {
+	PathMap    vhd.PathMap
+	Thresholds Thresholds // zero value: DefaultThresholds()
+	// Now is the reference time for ages (zero: time.Now()).
+	Now time.Time
+	// Volumes lists mounted file systems (nil: the host's, through gopsutil).
+	Volumes VolumeSource
+	// Workers bounds parallel header reads (0: 2 × CPUs).
+	Workers  int
+	Progress progress.Reporter
+}
+
+// analysis is the working state of one Analyze call.
+type analysis struct {
+	o     Options
+	th    Thresholds
+	now   time.Time
+	rep   *Report
+	vols  []VolumeInfo
+	disks map[string]*Disk // by clean absolute path
+	// imgInfo keeps what the engine needs beyond the model.
+	blockSize map[string]int64
+	vmByDisk  map[string][]*VM // live leaf → VMs
+}
+
+// Analyze scans roots and builds the model. It reads headers, BATs and
+// locators only and writes nothing. Problems with single files become
+// findings or warnings; an error means the scan itself could not run (no
+// readable root).
+func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
+	a := &analysis{o: o, th: o.Thresholds, now: o.Now, disks: map[string]*Disk{},
+		blockSize: map[string]int64{}, vmByDisk: map[string][]*VM{}}
+	if a.th == (Thresholds{}) {
+		a.th = DefaultThresholds()
+	}
+	if a.now.IsZero() {
+		a.now = time.Now()
+	}
+	if a.o.Workers <= 0 {
+		a.o.Workers = 2 * runtime.NumCPU()
+	}
+	rep := &Report{Schema: Schema, GeneratedAt: a.now.UTC(), Roots: roots, Thresholds: a.th,
+		Volumes: []*Volume{}, VMs: []*VM{}, Unattached: []*Tree{}, Disks: []*Disk{},
+		StateFiles: []*StateFile{}, Findings: []Finding{}, Warnings: []string{}}
+	rep.Host, _ = os.Hostname()
+	a.rep = rep
+	rp := progress.OrNop(o.Progress)
+	rp.Start("scan", 0)
+	st, err := vm.ScanContext(ctx, roots, vm.ScanOptions{PathMap: o.PathMap, Workers: o.Workers})
+	rp.Done()
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range st.Warnings {
+		rep.Warnings = append(rep.Warnings, w.String())
+	}
+	src := o.Volumes
+	if src == nil {
+		src = HostVolumes()
+	}
+	if a.vols, err = src.Volumes(); err != nil {
+		rep.Warnings = append(rep.Warnings, "volumes: "+err.Error())
+	}
+
+	// Disks: what the scan found, what configs name, and (below) parents.
+	var todo []string
+	for _, d := range st.Disks {
+		todo = append(todo, d.Path)
+	}
+	for _, v := range st.VMs {
+		for _, c := range append([]*vm.Config{v.Config}, v.Checkpoints...) {
+			for _, d := range c.Disks {
+				if d.LocalPath != "" && d.Exists {
+					todo = append(todo, d.LocalPath)
+				}
+			}
+		}
+	}
+	rp.Start("read disk headers", 0)
+	if err := a.readDisks(ctx, todo, rp); err != nil {
+		return nil, err
+	}
+	rp.Done()
+	a.linkChildren()
+	a.buildVMs(st)
+	a.stateFiles(st)
+	if err := a.mergeGrowth(ctx); err != nil {
+		return nil, err
+	}
+	a.chainFindings()
+	if err := a.collapseNeeds(); err != nil {
+		return nil, err
+	}
+	a.volumes()
+	a.finish()
+	return rep, nil
+}
+
+func cleanAbs(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return filepath.Clean(a)
+	}
+	return filepath.Clean(p)
+}
+
+// readDisks opens every path (and, transitively, every parent they resolve
+// to) read-only with a bounded worker pool.
+func (a *analysis) readDisks(ctx context.Context, paths []string, rp progress.Reporter) error {
+	var mu sync.Mutex
+	queue := []string{}
+	enqueue := func(p string) {
+		p = cleanAbs(p)
+		if _, ok := a.disks[p]; ok {
+			return
+		}
+		a.disks[p] = nil // claimed
+		queue = append(queue, p)
+	}
+	for _, p := range paths {
+		enqueue(p)
+	}
+	for len(queue) > 0 {
+		batch := queue
+		queue = nil
+		jobs := make(chan string)
+		var wg sync.WaitGroup
+		for i := 0; i < a.o.Workers; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for p := range jobs {
+					d, bs := a.readDisk(p)
+					mu.Lock()
+					a.disks[p] = d
+					a.blockSize[p] = bs
+					if d.Parent != "" {
+						enqueue(d.Parent)
+					}
+					mu.Unlock()
+					rp.Add(1)
+				}
+			}()
+		}
+		for _, p := range batch {
+			if ctx.Err() != nil {
+				break
+			}
+			jobs <- p
+		}
+		close(jobs)
+		wg.Wait()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readDisk describes one file from its headers, BAT and locator.
+func (a *analysis) readDisk(p string) (*Disk, int64) {
+	d := &Disk{Path: p, MergeGrowth: -1}
+	if fi, err := os.Stat(p); err == nil {
+		d.FileSize = fi.Size()
+		d.ModTime = fi.ModTime().UTC()
+		d.Allocated = allocatedBytes(fi)
+	}
+	d.Volume = a.volumeOf(p)
+	im, err := vhd.Open(p, &vhd.Options{ReadOnly: true, PathMap: a.o.PathMap})
+	if err != nil {
+		d.Error = err.Error()
+		return d, 0
+	}
+	defer im.Close()
+	inf := im.Info()
+	d.Format, d.Type, d.VirtualSize = string(inf.Format), string(inf.Type), inf.VirtualSize
+	d.MaxFileSize = im.MaxFileSize()
+	if err := im.Extents(func(r vhd.Run) error {
+		if r.State == vhd.StateData {
+			d.DataBytes += r.Len
+		}
+		return nil
+	}); err != nil {
+		d.Error = err.Error()
+	}
+	if inf.Type == vhd.TypeDifferencing {
+		link, err := im.ResolveParent(&vhd.Options{ReadOnly: true, PathMap: a.o.PathMap})
+		if err != nil {
+			d.ParentError = err.Error()
+		} else {
+			d.Parent = cleanAbs(link.Path)
+			d.LinkageOK = link.LinkageOK
+		}
+	} else {
+		d.LinkageOK = true
+	}
+	return d, im.BlockSize()
+}
+
+func (a *analysis) volumeOf(p string) string {
+	if v, ok := VolumeFor(a.vols, p); ok {
+		return v.Mount
+	}
+	return ""
+}
+
+// linkChildren fills Children and Depth and the sorted disk list.
+func (a *analysis) linkChildren() {
+	for _, d := range a.disks {
+		if d.Parent != "" {
+			if p := a.disks[d.Parent]; p != nil {
+				p.Children = append(p.Children, d.Path)
+			}
+		}
+	}
+	for _, d := range a.disks {
+		sort.Strings(d.Children)
+		a.rep.Disks = append(a.rep.Disks, d)
+	}
+	sort.Slice(a.rep.Disks, func(i, j int) bool { return a.rep.Disks[i].Path < a.rep.Disks[j].Path })
+	for _, d := range a.rep.Disks {
+		d.Depth = a.depth(d)
+	}
+}
+
+// depth counts differencing layers above the base (cycle-safe).
+func (a *analysis) depth(d *Disk) int {
+	n := 0
+	seen := map[string]bool{d.Path: true}
+	for d.Parent != "" {
+		p := a.disks[d.Parent]
+		if p == nil || seen[p.Path] {
+			break
+		}
+		seen[p.Path] = true
+		n++
+		d = p
+	}
+	if d.Type == string(vhd.TypeDifferencing) && d.Parent == "" {
+		n++ // broken below: count the orphaned layer itself
+	}
+	return n
+}
+
+// chain returns d and its ancestors, leaf first (cycle-safe).
+func (a *analysis) chain(d *Disk) []*Disk {
+	out := []*Disk{d}
+	seen := map[string]bool{d.Path: true}
+	for d.Parent != "" {
+		p := a.disks[d.Parent]
+		if p == nil || seen[p.Path] {
+			break
+		}
+		seen[p.Path] = true
+		out = append(out, p)
+		d = p
+	}
+	return out
+}
+
+func (a *analysis) root(d *Disk) *Disk {
+	c := a.chain(d)
+	return c[len(c)-1]
+}
+
+// buildVMs attaches configs to disks: UsedBy, live chains, drives, trees.
+func (a *analysis) buildVMs(st *vm.Store) {
+	used := map[string]bool{}
+	for _, sv := range st.VMs {
+		c := sv.Config
+		v := &VM{ID: c.ID, Name: c.Name, ConfigPath: c.Path, ConfigKind: c.Kind, Generation: c.Generation,
+			Version: c.Version, DiskMergePending: c.DiskMergePending, Drives: []Drive{}, Checkpoints: []Checkpoint{},
+			Chains: []*Tree{}, Volumes: []string{}}
+		if v.Name == "" {
+			v.Name = c.ID
+		}
+		roots := map[string]bool{}
+		for _, dr := range c.Disks {
+			drv := Drive{Location: dr.Location(), WindowsPath: dr.WindowsPath, Exists: dr.Exists}
+			if dr.LocalPath != "" {
+				drv.Path = cleanAbs(dr.LocalPath)
+			}
+			v.Drives = append(v.Drives, drv)
+			if drv.Path == "" || !dr.Exists {
+				a.add(Finding{Code: FindMissingDisk, Severity: SevError, VM: v.Name, Paths: nonEmpty(drv.Path, c.Path),
+					Message:  fmt.Sprintf("VM %s: drive %s names %s, which is not there (deleted, or on a volume that is not mounted or mapped)", v.Name, drv.Location, dr.WindowsPath),
+					Evidence: map[string]any{"vm_id": v.ID, "config": c.Path, "windows_path": dr.WindowsPath, "local_path": drv.Path}})
+				continue
+			}
+			d := a.disks[drv.Path]
+			if d == nil {
+				continue
+			}
+			d.UsedBy = appendUniq(d.UsedBy, "vm:"+v.Name)
+			a.vmByDisk[d.Path] = append(a.vmByDisk[d.Path], v)
+			for _, x := range a.chain(d) {
+				x.OnLiveChain = true
+				used[x.Path] = true
+			}
+			roots[a.root(d).Path] = true
+		}
+		for _, cp := range sv.Checkpoints {
+			ck := Checkpoint{ID: cp.CheckpointID, Name: cp.Name, ConfigPath: cp.Path, Disks: []string{}}
+			for _, dr := range cp.Disks {
+				if dr.LocalPath == "" || !dr.Exists {
+					continue
+				}
+				p := cleanAbs(dr.LocalPath)
+				ck.Disks = append(ck.Disks, p)
+				if d := a.disks[p]; d != nil {
+					name := cp.Name
+					if name == "" {
+						name = cp.CheckpointID
+					}
+					d.UsedBy = appendUniq(d.UsedBy, "checkpoint:"+name)
+					for _, x := range a.chain(d) {
+						used[x.Path] = true
+					}
+					roots[a.root(d).Path] = true
+				}
+			}
+			v.Checkpoints = append(v.Checkpoints, ck)
+		}
+		for r := range roots {
+			v.Chains = append(v.Chains, a.tree(r))
+		}
+		sort.Slice(v.Chains, func(i, j int) bool { return v.Chains[i].Path < v.Chains[j].Path })
+		a.rep.VMs = append(a.rep.VMs, v)
+	}
+	// Orphans: differencing disks no config uses, not parents of used disks.
+	// Judged only when the scan found VM configs at all; loose disks with
+	// no configs around are listed as unattached chains instead.
+	haveConfigs := len(st.VMs) > 0
+	attached := map[string]bool{}
+	for _, v := range a.rep.VMs {
+		for _, t := range v.Chains {
+			walkTree(t, func(t *Tree) { attached[t.Path] = true })
+		}
+	}
+	for _, d := range a.rep.Disks {
+		if d.Type == string(vhd.TypeDifferencing) && haveConfigs && !used[d.Path] {
+			// Report the top-most unused disk of each unused branch once.
+			if p := a.disks[d.Parent]; p != nil && !used[p.Path] && p.Type == string(vhd.TypeDifferencing) {
+				continue
+			}
+			sub := a.subtree(d)
+			var bytes int64
+			for _, x := range sub {
+				bytes += x.Allocated
+			}
+			a.add(Finding{Code: FindOrphan, Severity: SevWarning, Volume: d.Volume, Paths: paths(sub), Bytes: bytes,
+				Message:  fmt.Sprintf("%s is a differencing disk that no VM or checkpoint uses and no used disk depends on; %s with the disks below it (do not delete before checking it is not a VM on another host or volume)", d.Path, human(bytes)),
+				Evidence: map[string]any{"parent": d.Parent, "disks": len(sub)}})
+		}
+		if !attached[d.Path] && (d.Parent == "" || a.disks[d.Parent] == nil) {
+			t := a.tree(d.Path)
+			a.rep.Unattached = append(a.rep.Unattached, t)
+		}
+	}
+}
+
+// subtree returns d and every disk below it.
+func (a *analysis) subtree(d *Disk) []*Disk {
+	out := []*Disk{}
+	seen := map[string]bool{}
+	var walk func(*Disk)
+	walk = func(x *Disk) {
+		if x == nil || seen[x.Path] {
+			return
+		}
+		seen[x.Path] = true
+		out = append(out, x)
+		for _, c := range x.Children {
+			walk(a.disks[c])
+		}
+	}
+	walk(d)
+	return out
+}
+
+func (a *analysis) tree(p string) *Tree {
+	seen := map[string]bool{}
+	var build func(string) *Tree
+	build = func(p string) *Tree {
+		d := a.disks[p]
+		t := &Tree{Path: p}
+		if d == nil || seen[p] {
+			return t
+		}
+		seen[p] = true
+		t.Live = d.OnLiveChain
+		for _, c := range d.Children {
+			t.Children = append(t.Children, build(c))
+		}
+		return t
+	}
+	return build(p)
+}
+
+func walkTree(t *Tree, fn func(*Tree)) {
+	fn(t)
+	for _, c := range t.Children {
+		walkTree(c, fn)
+	}
+}
+
+func (a *analysis) stateFiles(st *vm.Store) {
+	owner := map[string]string{}
+	for _, v := range st.VMs {
+		owner[strings.ToUpper(v.Config.ID)] = v.Config.Name
+		for _, cp := range v.Checkpoints {
+			owner[strings.ToUpper(cp.CheckpointID)] = v.Config.Name
+		}
+	}
+	for _, s := range st.StateFiles {
+		sf := &StateFile{Path: cleanAbs(s.Path), Volume: a.volumeOf(s.Path), Kind: s.Type,
+			VM: owner[strings.ToUpper(s.OwnerID)], Size: s.Size, Allocated: s.Allocated, ModTime: s.ModTime.UTC()}
+		a.rep.StateFiles = append(a.rep.StateFiles, sf)
+		if sf.Allocated >= a.th.SavedStateMin && (sf.Kind == "vsv" || sf.Kind == "bin" || sf.Kind == "vmrs") {
+			a.add(Finding{Code: FindSavedState, Severity: SevInfo, VM: sf.VM, Volume: sf.Volume, Paths: []string{sf.Path}, Bytes: sf.Allocated,
+				Message: fmt.Sprintf("%s holds %s of saved VM memory (%s); it is freed when the VM (or the checkpoint it belongs to) no longer needs the saved state", sf.Path, human(sf.Allocated), sf.Kind)})
+		}
+	}
+}
+
+// mergeGrowth computes, for every resolved link, what the parent grows by
+// when the child is merged into it now.
+func (a *analysis) mergeGrowth(ctx context.Context) error {
+	var links []*Disk
+	for _, d := range a.rep.Disks {
+		if d.Parent != "" && d.Error == "" && a.disks[d.Parent] != nil && a.disks[d.Parent].Error == "" {
+			links = append(links, d)
+		}
+	}
+	jobs := make(chan *Disk)
+	var wg sync.WaitGroup
+	for i := 0; i < a.o.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range jobs {
+				g, err := linkGrowth(d.Path, d.Parent)
+				if err != nil {
+					d.MergeGrowth = -1
+					continue
+				}
+				d.MergeGrowth = g
+			}
+		}()
+	}
+	for _, d := range links {
+		if ctx.Err() != nil {
+			break
+		}
+		jobs <- d
+	}
+	close(jobs)
+	wg.Wait()
+	return ctx.Err()
+}
+
+func linkGrowth(child, parent string) (int64, error) {
+	c, err := vhd.Open(child, &vhd.Options{ReadOnly: true})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	p, err := vhd.Open(parent, &vhd.Options{ReadOnly: true})
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close()
+	return vhd.MergeGrowth(c, p)
+}
+
+// chainFindings: broken links, expanded parents, merge pending, deep
+// chains, old checkpoints.
+func (a *analysis) chainFindings() {
+	for _, d := range a.rep.Disks {
+		if d.Error != "" {
+			a.add(Finding{Code: FindUnreadableDisk, Severity: SevError, Volume: d.Volume, Paths: []string{d.Path},
+				Message: fmt.Sprintf("%s cannot be read: %s", d.Path, d.Error)})
+			continue
+		}
+		if d.Type != string(vhd.TypeDifferencing) {
+			continue
+		}
+		vms := a.vmsOf(d)
+		switch {
+		case d.ParentError != "":
+			a.add(Finding{Code: FindMissingParent, Severity: SevError, VM: vms, Volume: d.Volume, Paths: []string{d.Path},
+				Message:  fmt.Sprintf("broken chain: %s", d.ParentError),
+				Evidence: map[string]any{"newest_surviving": a.newestBelow(d)}})
+		case !d.LinkageOK:
+			a.add(Finding{Code: FindLinkageMismatch, Severity: SevError, VM: vms, Volume: d.Volume, Paths: []string{d.Path, d.Parent},
+				Message: fmt.Sprintf("broken chain: %s names %s as its parent, but that file's identity differs (it was modified, replaced or restored separately)", d.Path, d.Parent)})
+		}
+		if p := a.disks[d.Parent]; p != nil && p.Error == "" && p.VirtualSize != d.VirtualSize {
+			a.add(Finding{Code: FindExpandedParent, Severity: SevError, VM: vms, Volume: p.Volume, Paths: []string{p.Path, d.Path},
+				Message:  fmt.Sprintf("%s has virtual size %d bytes but its differencing disk %s was made when it was %d bytes: the parent was expanded (or shrunk) under its checkpoints; shrink it back to exactly %d bytes before using the chain", p.Path, p.VirtualSize, d.Path, d.VirtualSize, d.VirtualSize),
+				Evidence: map[string]any{"parent_size": p.VirtualSize, "child_size": d.VirtualSize, "restore_size": d.VirtualSize}})
+		}
+	}
+	for _, v := range a.rep.VMs {
+		if v.DiskMergePending {
+			a.add(Finding{Code: FindMergePending, Severity: SevWarning, VM: v.Name, Paths: []string{v.ConfigPath},
+				Message:  fmt.Sprintf("VM %s: its configuration says a deleted checkpoint's disk merge has not run yet (disk_merge_pending); the space is not reclaimed until it does", v.Name),
+				Evidence: map[string]any{"vm_id": v.ID, "source": "config"}})
+		}
+		named := map[string]bool{}
+		for _, cp := range v.Checkpoints {
+			for _, p := range cp.Disks {
+				named[p] = true
+			}
+		}
+		for _, drv := range v.Drives {
+			d := a.disks[drv.Path]
+			if d == nil {
+				continue
+			}
+			ch := a.chain(d)
+			// Every disk below the live leaf is the state of a checkpoint;
+			// one no checkpoint config names is a deleted checkpoint whose
+			// merge into it has not happened.
+			for i := 1; i < len(ch); i++ {
+				if named[ch[i].Path] {
+					continue
+				}
+				child := ch[i-1]
+				a.add(Finding{Code: FindMergePending, Severity: SevWarning, VM: v.Name, Volume: ch[i].Volume,
+					Paths: []string{child.Path, ch[i].Path}, Bytes: child.Allocated,
+					Message:  fmt.Sprintf("VM %s: %s is in the live chain but no checkpoint names it: a checkpoint was deleted and %s still has to be merged into it (frees about %s, needs %s on %s)", v.Name, ch[i].Path, child.Path, human(max(child.Allocated-max(child.MergeGrowth, 0), 0)), human(max(child.MergeGrowth, 0)), orDash(ch[i].Volume)),
+					Evidence: map[string]any{"vm_id": v.ID, "source": "chain", "merge_need": child.MergeGrowth, "child": child.Path, "parent": ch[i].Path}})
+			}
+			diffs := len(ch) - 1
+			if diffs > a.th.DeepChain {
+				a.add(Finding{Code: FindDeepChain, Severity: SevWarning, VM: v.Name, Volume: d.Volume, Paths: []string{d.Path},
+					Message:  fmt.Sprintf("VM %s: drive %s reads through %d differencing disks (threshold %d): every read walks the chain and merges take longer; delete checkpoints that are no longer needed", v.Name, drv.Location, diffs, a.th.DeepChain),
+					Evidence: map[string]any{"depth": diffs}})
+			}
+			var oldest *Disk
+			for _, x := range ch[1:] {
+				if x.ModTime.IsZero() {
+					continue
+				}
+				if oldest == nil || x.ModTime.Before(oldest.ModTime) {
+					oldest = x
+				}
+			}
+			if len(ch) > 1 && oldest != nil && a.now.Sub(oldest.ModTime) > time.Duration(a.th.OldCheckpointAge)*time.Second {
+				days := int(a.now.Sub(oldest.ModTime).Hours() / 24)
+				a.add(Finding{Code: FindOldCheckpoint, Severity: SevWarning, VM: v.Name, Volume: d.Volume, Paths: []string{oldest.Path},
+					Message:  fmt.Sprintf("VM %s: its oldest checkpoint disk %s was last written %d days ago: checkpoints are not backups, and the chain above it keeps growing", v.Name, oldest.Path, days),
+					Evidence: map[string]any{"age_days": days}})
+			}
+		}
+	}
+}
+
+// newestBelow is the newest surviving disk of a broken chain: the leaf of d's
+// subtree most recently written (what the VM saw last).
+func (a *analysis) newestBelow(d *Disk) string {
+	best := d
+	for _, x := range a.subtree(d) {
+		if x.ModTime.After(best.ModTime) {
+			best = x
+		}
+	}
+	return best.Path
+}
+
+func (a *analysis) vmsOf(d *Disk) string {
+	var names []string
+	for _, x := range a.subtree(d) {
+		for _, v := range a.vmByDisk[x.Path] {
+			names = appendUniq(names, v.Name)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// collapseNeeds computes, for every VM drive's live chain, the peak extra
+// space on the base disk's volume while collapsing the chain into the base
+// one layer at a time (oldest checkpoint first; each merged file is removed
+// after its merge), and each VM's reclaimable and allocated bytes.
+func (a *analysis) collapseNeeds() error {
+	for _, v := range a.rep.VMs {
+		vols := map[string]bool{}
+		seenFile := map[string]bool{}
+		for _, t := range v.Chains {
+			walkTree(t, func(t *Tree) {
+				d := a.disks[t.Path]
+				if d == nil || seenFile[d.Path] {
+					return
+				}
+				seenFile[d.Path] = true
+				v.Allocated += d.Allocated
+				if d.Volume != "" {
+					vols[d.Volume] = true
+				}
+				// Off-branch leaves: deleting that checkpoint frees them.
+				if !d.OnLiveChain && len(d.Children) == 0 && d.Type == string(vhd.TypeDifferencing) {
+					v.Reclaimable += d.Allocated
+				}
+			})
+		}
+		for _, s := range a.rep.StateFiles {
+			if s.VM == v.Name {
+				v.Allocated += s.Allocated
+			}
+		}
+		for _, drv := range v.Drives {
+			d := a.disks[drv.Path]
+			if d == nil {
+				continue
+			}
+			ch := a.chain(d)
+			if len(ch) < 2 {
+				continue
+			}
+			peak, err := a.collapsePeak(ch)
+			if err != nil {
+				a.rep.Warnings = append(a.rep.Warnings, fmt.Sprintf("%s: merge need not computed: %v", d.Path, err))
+				continue
+			}
+			v.MergeNeed = max(v.MergeNeed, peak)
+		}
+		for m := range vols {
+			v.Volumes = append(v.Volumes, m)
+		}
+		sort.Strings(v.Volumes)
+	}
+	return nil
+}
+
+// collapsePeak simulates merging ch (leaf first) into its base: the base
+// gains every block a layer touches that it does not hold yet; a merged
+// layer's file is removed after its merge (freeing space only when it is on
+// the base's volume).
+func (a *analysis) collapsePeak(ch []*Disk) (int64, error) {
+	base := ch[len(ch)-1]
+	if base.Error != "" || base.Type == string(vhd.TypeFixed) {
+		return 0, nil
+	}
+	bim, err := vhd.Open(base.Path, &vhd.Options{ReadOnly: true})
+	if err != nil {
+		return 0, err
+	}
+	defer bim.Close()
+	nb := bim.Blocks()
+	bs := bim.BlockSize()
+	unit := bim.AllocUnit()
+	have := make([]uint64, (nb+63)/64)
+	for b := int64(0); b < nb; b++ {
+		ok, err := bim.BlockAllocated(b)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			have[b/64] |= 1 << (b % 64)
+		}
+	}
+	var grown, freed, peak int64
+	for i := len(ch) - 2; i >= 0; i-- {
+		layer := ch[i]
+		im, err := vhd.Open(layer.Path, &vhd.Options{ReadOnly: true})
+		if err != nil {
+			return 0, err
+		}
+		err = im.TouchedBlocks(bs, func(b int64) error {
+			if b < nb && have[b/64]&(1<<(b%64)) == 0 {
+				have[b/64] |= 1 << (b % 64)
+				grown += unit
+			}
+			return nil
+		})
+		im.Close()
+		if err != nil {
+			return 0, err
+		}
+		peak = max(peak, grown-freed)
+		if layer.Volume == base.Volume {
+			freed += layer.Allocated
+		}
+	}
+	return peak, nil
+}
+
+// volumes builds per-volume totals and verdicts.
+func (a *analysis) volumes() {
+	byMount := map[string]*Volume{}
+	get := func(m string) *Volume {
+		if m == "" {
+			return nil
+		}
+		if v := byMount[m]; v != nil {
+			return v
+		}
+		v := &Volume{Mount: m, Verdict: VerdictOK, Reasons: []string{}, RelocationTargets: []string{}}
+		for _, vi := range a.vols {
+			if vi.Mount == m {
+				v.Device, v.FSType, v.Size, v.Free, v.Used = vi.Device, vi.FSType, vi.Size, vi.Free, vi.Used
+			}
+		}
+		byMount[m] = v
+		return v
+	}
+	for _, d := range a.rep.Disks {
+		v := get(d.Volume)
+		if v == nil {
+			continue
+		}
+		v.DiskFiles++
+		v.DiskBytes += d.Allocated
+		// Growth still possible for the differencing disks VMs write to.
+		if d.Type == string(vhd.TypeDifferencing) && len(a.vmByDisk[d.Path]) > 0 && d.MaxFileSize > d.FileSize {
+			v.DiffGrowth += d.MaxFileSize - d.FileSize
+		}
+		if p := a.disks[d.Parent]; p != nil && d.MergeGrowth > 0 {
+			if pv := get(p.Volume); pv != nil {
+				pv.MergeNeed = max(pv.MergeNeed, d.MergeGrowth)
+			}
+		}
+	}
+	for _, s := range a.rep.StateFiles {
+		get(s.Volume)
+	}
+	vmNeedOn := map[string][]*VM{}
+	for _, v := range a.rep.VMs {
+		for _, drv := range v.Drives {
+			d := a.disks[drv.Path]
+			if d == nil {
+				continue
+			}
+			base := a.root(d)
+			if bv := get(base.Volume); bv != nil {
+				bv.MergeNeed = max(bv.MergeNeed, v.MergeNeed)
+			}
+		}
+		for _, m := range v.Volumes {
+			vmNeedOn[m] = append(vmNeedOn[m], v)
+		}
+	}
+	for _, v := range byMount {
+		a.rep.Volumes = append(a.rep.Volumes, v)
+	}
+	sort.Slice(a.rep.Volumes, func(i, j int) bool { return a.rep.Volumes[i].Mount < a.rep.Volumes[j].Mount })
+	for _, v := range a.rep.Volumes {
+		raise := func(to Verdict, reason string) {
+			if to.Rank() > v.Verdict.Rank() {
+				v.Verdict = to
+			}
+			v.Reasons = append(v.Reasons, reason)
+		}
+		if v.Size == 0 && v.Free == 0 {
+			v.Reasons = append(v.Reasons, "size and free space unknown (volume not reported by the host)")
+			continue
+		}
+		if v.MergeNeed > v.Free {
+			raise(VerdictCritical, fmt.Sprintf("a merge here needs %s but only %s is free (0x80070070)", human(v.MergeNeed), human(v.Free)))
+			a.add(Finding{Code: FindMergeNoSpace, Severity: SevError, Volume: v.Mount, Bytes: v.MergeNeed,
+				Message:  fmt.Sprintf("not enough space on %s (0x80070070) to merge checkpoints: needs %s, %s free", v.Mount, human(v.MergeNeed), human(v.Free)),
+				Evidence: map[string]any{"needed": v.MergeNeed, "free": v.Free}})
+		}
+		if v.DiffGrowth > v.Free {
+			names := []string{}
+			for _, x := range vmNeedOn[v.Mount] {
+				names = append(names, x.Name)
+			}
+			sort.Strings(names)
+			raise(VerdictCritical, fmt.Sprintf("differencing disks here can still grow by %s but only %s is free: running VMs pause (paused-critical) when it runs out", human(v.DiffGrowth), human(v.Free)))
+			a.add(Finding{Code: FindPausedRisk, Severity: SevError, Volume: v.Mount, Bytes: v.DiffGrowth,
+				VM:       strings.Join(names, ", "),
+				Message:  fmt.Sprintf("paused-critical risk on %s: the differencing disks VMs write to here can still grow by %s, only %s is free", v.Mount, human(v.DiffGrowth), human(v.Free)),
+				Evidence: map[string]any{"diff_growth": v.DiffGrowth, "free": v.Free, "vms": names}})
+		}
+		switch {
+		case v.Free < a.th.CriticalFree:
+			raise(VerdictCritical, fmt.Sprintf("only %s free, below %s (Hyper-V pauses VMs there)", human(v.Free), human(a.th.CriticalFree)))
+			a.add(Finding{Code: FindLowSpace, Severity: SevError, Volume: v.Mount, Bytes: v.Free,
+				Message: fmt.Sprintf("%s has only %s free (critical below %s)", v.Mount, human(v.Free), human(a.th.CriticalFree))})
+		case v.Free < a.th.WarningFree:
+			raise(VerdictWarning, fmt.Sprintf("only %s free, below %s", human(v.Free), human(a.th.WarningFree)))
+			a.add(Finding{Code: FindLowSpace, Severity: SevWarning, Volume: v.Mount, Bytes: v.Free,
+				Message: fmt.Sprintf("%s has only %s free (warning below %s)", v.Mount, human(v.Free), human(a.th.WarningFree))})
+		}
+		if v.Verdict == VerdictCritical {
+			// Other volumes that could take this volume's VMs (their files
+			// plus the merge need, with the critical margin to spare).
+			var need int64
+			for _, x := range vmNeedOn[v.Mount] {
+				need = max(need, x.Allocated+x.MergeNeed)
+			}
+			cands := []VolumeInfo{}
+			for _, vi := range a.vols {
+				if vi.Mount != v.Mount && vi.Free >= need+a.th.CriticalFree && need > 0 {
+					cands = append(cands, vi)
+				}
+			}
+			sort.Slice(cands, func(i, j int) bool { return cands[i].Free > cands[j].Free })
+			for _, c := range cands {
+				v.RelocationTargets = append(v.RelocationTargets, c.Mount)
+			}
+		}
+	}
+}
+
+func (a *analysis) finish() {
+	s := &a.rep.Summary
+	s.VMs = len(a.rep.VMs)
+	s.Disks = len(a.rep.Disks)
+	s.Worst = VerdictOK
+	for _, d := range a.rep.Disks {
+		s.DiskBytes += d.Allocated
+		if d.Type == string(vhd.TypeDifferencing) {
+			s.CheckpointBytes += d.Allocated
+		}
+	}
+	for _, v := range a.rep.VMs {
+		s.ReclaimableBytes += v.Reclaimable
+	}
+	for _, f := range a.rep.Findings {
+		if f.Code == FindOrphan {
+			s.ReclaimableBytes += f.Bytes
+		}
+	}
+	for _, v := range a.rep.Volumes {
+		if v.Verdict.Rank() > s.Worst.Rank() {
+			s.Worst = v.Verdict
+		}
+	}
+	sevRank := map[Severity]int{SevError: 0, SevWarning: 1, SevInfo: 2}
+	sort.SliceStable(a.rep.Findings, func(i, j int) bool {
+		fi, fj := a.rep.Findings[i], a.rep.Findings[j]
+		if sevRank[fi.Severity] != sevRank[fj.Severity] {
+			return sevRank[fi.Severity] < sevRank[fj.Severity]
+		}
+		return fi.Code < fj.Code
+	})
+	s.Findings = len(a.rep.Findings)
+}
+
+func (a *analysis) add(f Finding) { a.rep.Findings = append(a.rep.Findings, f) }
+
+func appendUniq(s []string, v string) []string {
+	for _, x := range s {
+		if x == v {
+			return s
+		}
+	}
+	return append(s, v)
+}
+
+func paths(ds []*Disk) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.Path
+	}
+	return out
+}
+
+func nonEmpty(ss ...string) []string {
+	var out []string
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// human renders bytes with binary units.
+func human(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f := float64(n)
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB", "PiB"} {
+		f /= unit
+		if f < unit && f > -unit {
+			return fmt.Sprintf("%.1f %s", f, u)
+		}
+	}
+	return fmt.Sprintf("%.1f EiB", f/unit)
+}
