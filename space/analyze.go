@@ -36,6 +36,7 @@ type analysis struct {
 	now   time.Time
 	rep   *Report
 	vols  []VolumeInfo
+	vidx  *VolumeIndex
 	disks map[string]*Disk // by clean absolute path
 	// imgInfo keeps what the engine needs beyond the model.
 	blockSize map[string]int64
@@ -80,6 +81,7 @@ func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 	if a.vols, err = src.Volumes(); err != nil {
 		rep.Warnings = append(rep.Warnings, "volumes: "+err.Error())
 	}
+	a.vidx = NewVolumeIndex(a.vols)
 
 	// Disks: what the scan found, what configs name, and (below) parents.
 	var todo []string
@@ -216,7 +218,7 @@ func (a *analysis) readDisk(p string) (*Disk, int64) {
 }
 
 func (a *analysis) volumeOf(p string) string {
-	if v, ok := VolumeFor(a.vols, p); ok {
+	if v, ok := a.vidx.For(p); ok {
 		return v.Mount
 	}
 	return ""
@@ -541,10 +543,13 @@ func (a *analysis) chainFindings() {
 			// one no checkpoint config names is a deleted checkpoint whose
 			// merge into it has not happened.
 			for i := 1; i < len(ch); i++ {
-				if named[ch[i].Path] {
+				child := ch[i-1]
+				// Only checkpoint disks (.avhd/.avhdx) over a parent with no
+				// other child: a VM made as a differencing disk of a shared
+				// template (or a branch point) is not a pending merge.
+				if named[ch[i].Path] || !isCheckpointDisk(child.Path) || len(ch[i].Children) != 1 {
 					continue
 				}
-				child := ch[i-1]
 				a.add(Finding{Code: FindMergePending, Severity: SevWarning, VM: v.Name, Volume: ch[i].Volume,
 					Paths: []string{child.Path, ch[i].Path}, Bytes: child.Allocated,
 					Message:  fmt.Sprintf("VM %s: %s is in the live chain but no checkpoint names it: a checkpoint was deleted and %s still has to be merged into it (frees about %s, needs %s on %s)", v.Name, ch[i].Path, child.Path, human(max(child.Allocated-max(child.MergeGrowth, 0), 0)), human(max(child.MergeGrowth, 0)), orDash(ch[i].Volume)),
@@ -597,10 +602,11 @@ func (a *analysis) vmsOf(d *Disk) string {
 	return strings.Join(names, ", ")
 }
 
-// collapseNeeds computes, for every VM drive's live chain, the peak extra
-// space on the base disk's volume while collapsing the chain into the base
-// one layer at a time (oldest checkpoint first; each merged file is removed
-// after its merge), and each VM's reclaimable and allocated bytes.
+// collapseNeeds computes each VM's merge need: the largest of the single-link
+// merge growths on its live chains and the peak extra space on the base
+// disk's volume while collapsing a chain into its base one layer at a time
+// (oldest checkpoint first; each merged file removed after its merge); and
+// each VM's reclaimable and allocated bytes.
 func (a *analysis) collapseNeeds() error {
 	for _, v := range a.rep.VMs {
 		vols := map[string]bool{}
@@ -635,6 +641,11 @@ func (a *analysis) collapseNeeds() error {
 			ch := a.chain(d)
 			if len(ch) < 2 {
 				continue
+			}
+			// Any single checkpoint deletion merges one link; deleting them
+			// all collapses the chain: the need is the worst of both.
+			for _, x := range ch[:len(ch)-1] {
+				v.MergeNeed = max(v.MergeNeed, x.MergeGrowth)
 			}
 			peak, err := a.collapsePeak(ch)
 			if err != nil {
@@ -809,9 +820,16 @@ func (a *analysis) volumes() {
 			for _, x := range vmNeedOn[v.Mount] {
 				need = max(need, x.Allocated+x.MergeNeed)
 			}
+			var srcFS string
+			for _, vi := range a.vols {
+				if vi.Mount == v.Mount {
+					srcFS = vi.FSID
+				}
+			}
 			cands := []VolumeInfo{}
 			for _, vi := range a.vols {
-				if vi.Mount != v.Mount && vi.Free >= need+a.th.CriticalFree && need > 0 {
+				sameFS := srcFS != "" && vi.FSID == srcFS // a bind mount of the same file system
+				if vi.Mount != v.Mount && !sameFS && !vi.ReadOnly && need > 0 && vi.Free >= need+a.th.CriticalFree {
 					cands = append(cands, vi)
 				}
 			}
@@ -908,4 +926,10 @@ func human(n int64) string {
 		}
 	}
 	return fmt.Sprintf("%.1f EiB", f/unit)
+}
+
+// isCheckpointDisk: Hyper-V names checkpoint differencing disks .avhd/.avhdx.
+func isCheckpointDisk(p string) bool {
+	e := strings.ToLower(filepath.Ext(p))
+	return e == ".avhd" || e == ".avhdx"
 }

@@ -183,7 +183,9 @@ type VM struct {
 	Volumes          []string     `json:"volumes"`
 	Allocated        int64        `json:"allocated"`   // all its disk and state files
 	Reclaimable      int64        `json:"reclaimable"` // off-branch leaves + saved state
-	// MergeNeed: the peak extra space to collapse all its checkpoints now.
+	// MergeNeed: the most extra space any merge of its checkpoints needs now:
+	// the largest single-link merge growth, or the peak while collapsing a
+	// whole live chain into its base, whichever is larger.
 	MergeNeed int64 `json:"merge_need"`
 }
 
