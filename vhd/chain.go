@@ -748,3 +748,27 @@ func (im *Image) ResolveParent(opts *Options) (*ParentLink, error) {
 	defer p.Close()
 	return &ParentLink{Path: p.Path(), Via: link.Via, LinkageOK: link.LinkageOK, Info: p.Info(), Warnings: warn}, nil
 }
+
+// SetDataWriteGUID fixes the DataWriteGuid a VHDX opened for writing carries
+// for the rest of this session: written to the header now (and flushed)
+// unless the header already holds it, and not renewed by later writes. A
+// merge uses it to announce the parent's future identity to the child first
+// (parent_linkage2, FORMATS.md §4.3) and to keep it when resumed. VHD has no
+// such identity: a no-op.
+func (im *Image) SetDataWriteGUID(g GUID) error {
+	if s, ok := im.b.(interface{ setDataWriteGUID(GUID) error }); ok {
+		return s.setDataWriteGUID(g)
+	}
+	if !im.rw {
+		return newErr(im.path, ErrReadOnly, "read-only", "opened read-only")
+	}
+	return nil
+}
+
+// ParentFor builds the locator the differencing disk at childPath gets to
+// link to parent as it is now: its identity (VHDX DataWriteGuid; VHD unique
+// ID and modification time), relative path, and the Windows absolute path
+// (through pm, else the local path in Windows separators).
+func ParentFor(childPath string, parent *Image, pm PathMap) (*NewParent, error) {
+	return newParentFor(childPath, parent, pm)
+}

@@ -139,3 +139,6 @@ func winBase(p string) string {
 	}
 	return p
 }
+
+// String is the mapping as ParsePathMapping reads it.
+func (m PathMapping) String() string { return m.Windows + "=" + m.Local }

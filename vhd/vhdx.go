@@ -994,3 +994,34 @@ func (b *vxBackend) close() error {
 	}
 	return first
 }
+
+// setDataWriteGUID makes g the DataWriteGuid of this write session: the
+// header gets it now (with a new FileWriteGuid) unless it already holds it,
+// and later writes of the session keep it.
+func (b *vxBackend) setDataWriteGUID(g GUID) error {
+	if !b.rw {
+		return newErr(b.path, ErrReadOnly, "read-only", "opened read-only")
+	}
+	if b.failed != nil {
+		return b.failed
+	}
+	if g.IsZero() {
+		return newErr(b.path, ErrInvalidSpec, "zero-guid", "DataWriteGuid must not be zero")
+	}
+	if b.hdr.DataWriteGUID == g {
+		b.dwDone = true
+		return nil
+	}
+	err := b.updateHeader(func(h *vxHeader) {
+		if !b.fwDone {
+			h.FileWriteGUID = NewGUID()
+		}
+		h.DataWriteGUID = g
+	})
+	if err != nil {
+		b.failed = err
+		return err
+	}
+	b.fwDone, b.dwDone = true, true
+	return nil
+}

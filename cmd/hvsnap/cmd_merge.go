@@ -1,0 +1,367 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/hvsnap/hvsnap/merge"
+	"github.com/hvsnap/hvsnap/vhd"
+	"github.com/hvsnap/hvsnap/vm"
+)
+
+func cmdMerge() *cli.Command {
+	return &cli.Command{
+		Name:      "merge",
+		Usage:     "merge checkpoint (differencing) disks into their parents, safely and resumably",
+		ArgsUsage: "DISK",
+		Description: `Merges DISK into its parent (or, with --into, the whole chain from DISK down to
+that ancestor), like deleting a checkpoint in Hyper-V or Merge-VHD, in place:
+data flows from the child into the parent, only the sectors the child holds are
+written, the child's children are re-pointed to the parent, XML configurations
+that named DISK are updated (VMCX: the Set-VMHardDiskDrive command to run is
+printed), and DISK is removed only after the parent reads back what was merged.
+
+It refuses, before touching anything: a parent other disks also depend on
+(another checkpoint branch or VM), a disk a checkpoint still uses, a broken link,
+a disk in use (locked by a running VM or another job), an unfinished operation,
+and not enough free space (exit 3, with the volumes that have room and the
+relocation command).
+
+Every step is journaled (.hvsnap-merge-*.journal next to the parent): a merge
+killed at any point, or stopped by a full disk, is finished by
+'hvsnap merge --resume' (any later merge of these disks finishes it first).
+At every instant the chain reads the same as before.
+
+Exit codes: 0 merged (or nothing to do), 1 error or refusal, 2 usage,
+3 not enough space (nothing changed).
+
+Examples:
+   hvsnap merge --dry-run 'VMs/web/Virtual Hard Disks/web_6F1C....avhdx'
+   hvsnap merge --yes --into base.vhdx leaf.avhdx
+   hvsnap merge --all /mnt/d/VMs/web --yes          # every drive's chain into its base
+   hvsnap merge --resume /mnt/d/VMs/web/Virtual\ Hard\ Disks`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "into", Usage: "ancestor to merge the chain into (default: DISK's parent)"},
+			&cli.StringFlag{Name: "all", Usage: "merge every drive chain of the VM in `VM_DIR` into its base disk"},
+			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "print the plan (order, bytes, peak space per volume) and change nothing"},
+			&cli.BoolFlag{Name: "keep", Usage: "keep the merged file (single step only)"},
+			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "do not ask for confirmation on a terminal"},
+			&cli.BoolFlag{Name: "resume", Usage: "finish interrupted merges: PATH is a journal, a disk, or a folder (default: .)"},
+			&cli.StringSliceFlag{Name: "root", Usage: "folder to search for dependent disks and VM configurations (repeatable; default: the disk's VM folder)"},
+			&cli.StringFlag{Name: "margin", Value: "64M", Usage: "free space to keep on each volume beyond the merge's peak"},
+			pathMapFlag, jsonFlag,
+		},
+		Action: runMerge,
+	}
+}
+
+func mergeOptions(c *cli.Context) (*merge.Options, error) {
+	pm, err := pathMap(c)
+	if err != nil {
+		return nil, err
+	}
+	margin, err := parseSize(c.String("margin"))
+	if err != nil {
+		return nil, usagef("merge: --margin: %v", err)
+	}
+	if margin == 0 {
+		margin = -1
+	}
+	return &merge.Options{PathMap: pm, Into: c.String("into"), Roots: c.StringSlice("root"), Keep: c.Bool("keep"), Margin: margin}, nil
+}
+
+func runMerge(c *cli.Context) error {
+	o, err := mergeOptions(c)
+	if err != nil {
+		return err
+	}
+	if c.Bool("resume") {
+		return runMergeResume(c, o)
+	}
+	var disks []string
+	switch {
+	case c.String("all") != "":
+		if c.NArg() > 0 || c.String("into") != "" {
+			return usagef("merge: --all takes no DISK and no --into")
+		}
+		disks, err = vmChains(c.String("all"), o)
+		if err != nil {
+			return err
+		}
+		if len(o.Roots) == 0 {
+			o.Roots = []string{c.String("all")}
+		}
+	default:
+		d, err := oneArg(c, "DISK")
+		if err != nil {
+			return err
+		}
+		disks = []string{d}
+	}
+	var plans []*merge.Plan
+	for _, d := range disks {
+		oo := *o
+		if c.String("all") != "" {
+			base, err := baseOf(d, o)
+			if err != nil {
+				return err
+			}
+			if base == "" {
+				continue // the drive has no checkpoint disks
+			}
+			oo.Into = base
+		}
+		p, err := planWithResume(c, d, &oo)
+		if err != nil {
+			return err
+		}
+		plans = append(plans, p)
+	}
+	w := c.App.Writer
+	if len(plans) == 0 {
+		if c.Bool("json") {
+			return writeJSON(w, map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, "nothing_to_do": true})
+		}
+		fmt.Fprintln(w, "nothing to merge: the VM's drives have no checkpoint disks")
+		return nil
+	}
+	var spaceErr error
+	for _, p := range plans {
+		if err := p.CheckSpace(o); err != nil {
+			spaceErr = err
+		}
+	}
+	if c.Bool("dry-run") {
+		if c.Bool("json") {
+			return writeJSON(w, map[string]any{"schema": jsonSchema, "dry_run": true, "plans": plans})
+		}
+		for _, p := range plans {
+			printPlan(w, p)
+		}
+		if spaceErr != nil {
+			fmt.Fprintln(w, "\nthis merge would be refused now:")
+			return &exitErr{code: exitFindings, msg: errorLine(spaceErr)}
+		}
+		fmt.Fprintln(w, "\ndry run: nothing was changed")
+		return nil
+	}
+	if spaceErr != nil {
+		return mergeErr(spaceErr)
+	}
+	if !c.Bool("json") {
+		for _, p := range plans {
+			printPlan(w, p)
+		}
+	}
+	if !c.Bool("yes") && !c.Bool("json") && isTerminal(os.Stdin) {
+		if !confirm(c.App.Writer, os.Stdin, "Merge now?") {
+			fmt.Fprintln(w, "nothing was changed")
+			return nil
+		}
+	}
+	var results []*merge.Result
+	for _, p := range plans {
+		res, err := merge.Run(p, o, reporter(c))
+		if err != nil {
+			return mergeErr(err)
+		}
+		results = append(results, res)
+		if !c.Bool("json") {
+			printResult(w, res)
+		}
+	}
+	if c.Bool("json") {
+		return writeJSON(w, map[string]any{"schema": jsonSchema, "results": results})
+	}
+	return nil
+}
+
+// planWithResume plans a merge; an interrupted merge of the same disks is
+// finished first.
+func planWithResume(c *cli.Context, disk string, o *merge.Options) (*merge.Plan, error) {
+	p, err := merge.PlanMerge(disk, o)
+	if err == nil || !errors.Is(err, merge.ErrBusy) {
+		if err != nil {
+			return nil, mergeErr(err)
+		}
+		return p, nil
+	}
+	js, ferr := merge.FindJournals(disk)
+	if ferr != nil || len(js) == 0 {
+		return nil, mergeErr(err) // another kind of operation: not ours to finish
+	}
+	for _, j := range js {
+		fmt.Fprintf(c.App.ErrWriter, "hvsnap: finishing the interrupted merge recorded in %s first\n", j)
+		if _, err := merge.Resume(j, o, reporter(c)); err != nil {
+			return nil, mergeErr(err)
+		}
+	}
+	if _, err := os.Stat(disk); os.IsNotExist(err) {
+		return nil, fmt.Errorf("merge: %s was merged by the interrupted merge; nothing left to do", disk)
+	}
+	p, err = merge.PlanMerge(disk, o)
+	if err != nil {
+		return nil, mergeErr(err)
+	}
+	return p, nil
+}
+
+func runMergeResume(c *cli.Context, o *merge.Options) error {
+	path := "."
+	if c.NArg() > 1 {
+		return usagef("merge --resume takes at most one PATH")
+	}
+	if c.NArg() == 1 {
+		path = c.Args().First()
+	}
+	js, err := merge.FindJournals(path)
+	if err != nil {
+		return err
+	}
+	w := c.App.Writer
+	if len(js) == 0 {
+		if c.Bool("json") {
+			return writeJSON(w, map[string]any{"schema": jsonSchema, "results": []any{}, "nothing_to_do": true})
+		}
+		fmt.Fprintf(w, "no interrupted merge found for %s\n", path)
+		return nil
+	}
+	var results []*merge.Result
+	for _, j := range js {
+		res, err := merge.Resume(j, o, reporter(c))
+		if err != nil {
+			return mergeErr(err)
+		}
+		results = append(results, res)
+		if !c.Bool("json") {
+			fmt.Fprintf(w, "resumed %s\n", j)
+			printResult(w, res)
+		}
+	}
+	if c.Bool("json") {
+		return writeJSON(w, map[string]any{"schema": jsonSchema, "results": results})
+	}
+	return nil
+}
+
+// mergeErr maps lack of space to exit 3.
+func mergeErr(err error) error {
+	if errors.Is(err, merge.ErrNoSpace) {
+		return &exitErr{code: exitFindings, msg: errorLine(err)}
+	}
+	return err
+}
+
+// vmChains lists the disks the VM's configuration names (each drive's live
+// leaf).
+func vmChains(dir string, o *merge.Options) ([]string, error) {
+	st, err := vm.Scan([]string{dir}, vm.ScanOptions{PathMap: o.PathMap})
+	if err != nil {
+		return nil, err
+	}
+	if len(st.VMs) == 0 {
+		return nil, fmt.Errorf("merge: no VM configuration found under %s", dir)
+	}
+	if len(st.VMs) > 1 {
+		var names []string
+		for _, v := range st.VMs {
+			names = append(names, v.Config.Name)
+		}
+		return nil, fmt.Errorf("merge: %s holds %d VMs (%s): name one VM's folder", dir, len(st.VMs), strings.Join(names, ", "))
+	}
+	var out []string
+	for _, d := range st.VMs[0].Config.Disks {
+		if d.LocalPath == "" || !d.Exists {
+			return nil, fmt.Errorf("merge: %s: drive %s names %s, which was not found (use --path-map)", st.VMs[0].Config.Path, d.Location(), d.WindowsPath)
+		}
+		out = append(out, d.LocalPath)
+	}
+	return out, nil
+}
+
+// baseOf returns the base of disk's chain ("" when disk is not differencing).
+func baseOf(disk string, o *merge.Options) (string, error) {
+	ch, err := vhd.OpenChain(disk, &vhd.Options{ReadOnly: true, PathMap: o.PathMap})
+	if err != nil {
+		return "", err
+	}
+	defer ch.Close()
+	if len(ch.Layers) < 2 {
+		return "", nil
+	}
+	return ch.Base().Path(), nil
+}
+
+func printPlan(w io.Writer, p *merge.Plan) {
+	fmt.Fprintf(w, "merge plan: %s → %s\n", p.Disk, p.Into)
+	for i, s := range p.Steps {
+		fmt.Fprintf(w, "  %d. merge %s into %s: write %s, %s grows %s",
+			i+1, filepath.Base(s.Child), filepath.Base(s.Parent), human(s.CopyBytes), filepath.Base(s.Parent), human(s.Growth))
+		if len(s.Children) > 0 {
+			fmt.Fprintf(w, ", re-point %d child disk(s)", len(s.Children))
+		}
+		if p.Keep {
+			fmt.Fprintf(w, ", keep %s", filepath.Base(s.Child))
+		} else {
+			fmt.Fprintf(w, ", remove %s (frees %s)", filepath.Base(s.Child), human(s.FreedBytes))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "  space:")
+	for _, v := range p.Volumes {
+		state := "ok"
+		if !v.OK {
+			state = "NOT ENOUGH SPACE"
+		}
+		free := "unknown"
+		if v.Free >= 0 {
+			free = human(v.Free)
+		}
+		fmt.Fprintf(w, "    %-24s free %-10s peak +%-10s margin %-8s %s\n", v.Mount, free, human(v.Peak), human(v.Margin), state)
+	}
+	for _, cc := range p.Configs {
+		how := "updated"
+		if cc.Kind != vm.KindXML {
+			how = "VMCX, not written: run on the host: " + cc.Command
+		}
+		fmt.Fprintf(w, "  config %s (VM %q, %s): %s → %s (%s)\n", cc.Config, cc.VM, cc.Drive, cc.OldPath, cc.NewPath, how)
+	}
+	for _, n := range p.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
+	}
+}
+
+func printResult(w io.Writer, r *merge.Result) {
+	for _, m := range r.Merged {
+		fmt.Fprintf(w, "merged %s\n", m)
+	}
+	for _, f := range r.Removed {
+		fmt.Fprintf(w, "removed %s\n", f)
+	}
+	for f, g := range r.Growth {
+		fmt.Fprintf(w, "%s grew by %s\n", f, human(g))
+	}
+	for _, f := range r.ConfigsUpdated {
+		fmt.Fprintf(w, "updated %s\n", f)
+	}
+	for _, cmd := range r.Commands {
+		fmt.Fprintf(w, "run on the Hyper-V host: %s\n", cmd)
+	}
+}
+
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+func confirm(w io.Writer, r io.Reader, q string) bool {
+	fmt.Fprintf(w, "%s [y/N] ", q)
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(strings.ToLower(line))
+	return line == "y" || line == "yes"
+}

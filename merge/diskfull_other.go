@@ -1,0 +1,5 @@
+//go:build !windows
+
+package merge
+
+func isDiskFull(error) bool { return false }

@@ -1,0 +1,607 @@
+package merge
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/hvsnap/hvsnap/internal/fsutil"
+	"github.com/hvsnap/hvsnap/internal/journal"
+	"github.com/hvsnap/hvsnap/internal/lock"
+	"github.com/hvsnap/hvsnap/internal/progress"
+	"github.com/hvsnap/hvsnap/vhd"
+	"github.com/hvsnap/hvsnap/vm"
+)
+
+// chunk is the most bytes copied per read/write.
+const chunk = 4 << 20
+
+// Run executes a plan: locks, space check, journal, steps. A *NoSpaceError
+// before anything is touched means nothing changed.
+func Run(p *Plan, o *Options, rep progress.Reporter) (*Result, error) {
+	if o == nil {
+		o = &Options{}
+	}
+	rep = progress.OrNop(rep)
+	if len(p.Steps) == 0 {
+		return &Result{Plan: p}, nil
+	}
+	locks, err := lock.Files(p.files()...)
+	if err != nil {
+		return nil, inUse(err)
+	}
+	defer locks.Release()
+	o.hook("locked")
+	if js, err := journal.Involving(p.files()...); err != nil {
+		return nil, err
+	} else if len(js) > 0 {
+		return nil, busyError(js[0])
+	}
+	if err := p.refreshFree(o); err != nil {
+		return nil, err
+	}
+	if err := p.CheckSpace(o); err != nil {
+		return nil, err
+	}
+	j, err := journal.Create(filepath.Dir(p.Into), "merge", p.files(), p)
+	if err != nil {
+		return nil, err
+	}
+	defer j.Close()
+	o.hook("journal")
+	res := &Result{Plan: p, Journal: j.Path, Growth: map[string]int64{}}
+	if err := execute(j, p, o, rep, locks, res); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// files is every disk the plan may touch.
+func (p *Plan) files() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(f string) {
+		if !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	for _, s := range p.Steps {
+		add(s.Child)
+		add(s.Parent)
+		for _, c := range s.Children {
+			add(c)
+		}
+	}
+	return out
+}
+
+// refreshFree updates the free space of the plan's volumes.
+func (p *Plan) refreshFree(o *Options) error {
+	vols, err := o.volumes().Volumes()
+	if err != nil {
+		return nil // unknown: CheckSpace reports volumes as they were planned
+	}
+	for i := range p.Volumes {
+		v := &p.Volumes[i]
+		if w, ok := volumeByMount(vols, v.Mount); ok {
+			v.Free = w.Free
+			v.OK = v.Peak == 0 || w.Free >= v.Peak+v.Margin
+		}
+	}
+	return nil
+}
+
+func inUse(err error) error {
+	var iu *lock.InUseError
+	if errors.As(err, &iu) {
+		return &RefusedError{Path: iu.Path, Reason: "in use: the disk is held open or locked by another process (a running VM or another hvsnap job); stop it and try again"}
+	}
+	return err
+}
+
+// Resume finishes the merge recorded in the journal at path.
+func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
+	if o == nil {
+		o = &Options{}
+	}
+	rep = progress.OrNop(rep)
+	jr, err := journal.Read(path)
+	if err != nil {
+		return nil, err
+	}
+	if jr.Header.Op != "merge" {
+		return nil, fmt.Errorf("%s: a %s journal, not a merge: run hvsnap %s --resume", path, jr.Header.Op, jr.Header.Op)
+	}
+	var p Plan
+	if err := json.Unmarshal(jr.Header.Plan, &p); err != nil || p.Schema != PlanSchema {
+		return nil, fmt.Errorf("%w %s: unreadable merge plan", journal.ErrCorrupt, path)
+	}
+	if len(o.PathMap) == 0 {
+		for _, s := range p.PathMap {
+			m, err := vhd.ParsePathMapping(s)
+			if err == nil {
+				o.PathMap = append(o.PathMap, m)
+			}
+		}
+	}
+	var existing []string
+	for _, f := range p.files() {
+		if _, err := os.Stat(f); err == nil {
+			existing = append(existing, f)
+		}
+	}
+	locks, err := lock.Files(existing...)
+	if err != nil {
+		return nil, inUse(err)
+	}
+	defer locks.Release()
+	j, err := journal.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer j.Close()
+	res := &Result{Plan: &p, Journal: path, Growth: map[string]int64{}, Resumed: true}
+	if j.Ended() {
+		return res, j.Finish()
+	}
+	o.hook("resume")
+	if err := execute(j, &p, o, rep, locks, res); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// FindJournals lists the unfinished merge journals for a path: a journal
+// file itself, the journals in a folder, or those naming a disk.
+func FindJournals(path string) ([]string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() && journal.IsJournal(path) {
+		return []string{path}, nil
+	}
+	var cands []string
+	if fi.IsDir() {
+		cands, err = journal.Find(path)
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		js, err := journal.Involving(path)
+		if err != nil {
+			return nil, err
+		}
+		for _, j := range js {
+			cands = append(cands, j.Path)
+		}
+	}
+	var out []string
+	for _, c := range cands {
+		if j, err := journal.Read(c); err == nil && j.Header.Op == "merge" {
+			out = append(out, c)
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+type stepState struct {
+	j   *journal.Journal
+	key string
+	o   *Options
+}
+
+// do runs fn as journaled sub-step name unless it is done already.
+func (s stepState) do(name string, data any, fn func() (any, error)) error {
+	k := s.key + name
+	if ok, _ := s.j.IsDone(k); ok {
+		return nil
+	}
+	if err := s.j.Start(k, data); err != nil {
+		return err
+	}
+	s.o.hook(k + ":start")
+	out, err := fn()
+	if err != nil {
+		return err
+	}
+	if err := s.j.Done(k, out); err != nil {
+		return err
+	}
+	s.o.hook(k + ":done")
+	return nil
+}
+
+func execute(j *journal.Journal, p *Plan, o *Options, rep progress.Reporter, locks *lock.Set, res *Result) error {
+	for i := range p.Steps {
+		st := &p.Steps[i]
+		ss := stepState{j: j, key: fmt.Sprintf("%d/", i), o: o}
+		if ok, _ := j.IsDone(ss.key + "remove"); ok {
+			res.Merged = append(res.Merged, st.Child)
+			continue
+		}
+		before := fileSize(st.Parent)
+		if err := runStep(ss, p, i, o, rep, locks, res); err != nil {
+			return err
+		}
+		res.Growth[st.Parent] += fileSize(st.Parent) - before
+		res.Merged = append(res.Merged, st.Child)
+	}
+	o.hook("finish")
+	return j.Finish()
+}
+
+func fileSize(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+func runStep(ss stepState, p *Plan, i int, o *Options, rep progress.Reporter, locks *lock.Set, res *Result) error {
+	st := &p.Steps[i]
+	var g vhd.GUID
+	if st.NewDataWriteGUID != "" {
+		var err error
+		if g, err = vhd.ParseGUID(st.NewDataWriteGUID); err != nil {
+			return fmt.Errorf("%w %s: bad GUID in plan", journal.ErrCorrupt, ss.j.Path)
+		}
+		// 1. Announce P's future identity to C, then give it to P.
+		err = ss.do("linkage2", nil, func() (any, error) { return nil, announce(st, g, o) })
+		if err != nil {
+			return err
+		}
+		err = ss.do("pguid", nil, func() (any, error) {
+			im, err := vhd.Open(st.Parent, &vhd.Options{PathMap: o.PathMap, Wrap: o.Wrap})
+			if err != nil {
+				return nil, err
+			}
+			if err := im.SetDataWriteGUID(g); err != nil {
+				im.Close()
+				return nil, err
+			}
+			return nil, im.Close()
+		})
+		if err != nil {
+			return err
+		}
+	}
+	// 2. Copy C into P, hashing what is written.
+	err := ss.do("copy", nil, func() (any, error) {
+		sum, err := copyInto(st, g, o, rep)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]string{"sha256": sum}, nil
+	})
+	if err != nil {
+		return err
+	}
+	// 3. Read P back over the same ranges.
+	_, raw := ss.j.IsDone(ss.key + "copy")
+	var cp struct {
+		SHA256 string `json:"sha256"`
+	}
+	if err := json.Unmarshal(raw, &cp); err != nil || cp.SHA256 == "" {
+		return fmt.Errorf("%w %s: copy record without checksum", journal.ErrCorrupt, ss.j.Path)
+	}
+	err = ss.do("verify", nil, func() (any, error) {
+		sum, err := hashTarget(st, o, rep)
+		if err != nil {
+			return nil, err
+		}
+		if sum != cp.SHA256 {
+			return nil, fmt.Errorf("%w: %s does not read back what was merged from %s (sha256 %s, expected %s); %s is kept and the chain is unchanged",
+				ErrVerify, st.Parent, st.Child, sum, cp.SHA256, st.Child)
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return err
+	}
+	// 4. Re-point C's children to P.
+	err = ss.do("repoint", st.Children, func() (any, error) { return nil, repoint(ss, st, o) })
+	if err != nil {
+		return err
+	}
+	// 5. Configurations naming the merged leaf.
+	if i == len(p.Steps)-1 {
+		err = ss.do("config", p.Configs, func() (any, error) {
+			for _, c := range p.Configs {
+				if c.Kind != vm.KindXML {
+					continue
+				}
+				if _, err := vm.RewriteXMLDiskPath(c.Config, c.OldPath, c.NewPath); err != nil {
+					return nil, fmt.Errorf("merge: update %s: %w", c.Config, err)
+				}
+			}
+			return nil, nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, c := range p.Configs {
+			if c.Kind == vm.KindXML {
+				res.ConfigsUpdated = append(res.ConfigsUpdated, c.Config)
+			} else {
+				res.Commands = append(res.Commands, c.Command)
+			}
+		}
+	}
+	// 6. Remove C.
+	return ss.do("remove", nil, func() (any, error) {
+		if p.Keep {
+			return nil, nil
+		}
+		locks.Drop(st.Child)
+		if err := os.Remove(st.Child); err != nil && !os.IsNotExist(err) {
+			return nil, fmt.Errorf("merge: remove %s: %w", st.Child, err)
+		}
+		if err := fsutil.SyncDir(st.Child); err != nil {
+			return nil, err
+		}
+		res.Removed = append(res.Removed, st.Child)
+		return nil, nil
+	})
+}
+
+// announce writes parent_linkage2 = g into C (VHDX), keeping its paths and
+// its current linkage.
+func announce(st *Step, g vhd.GUID, o *Options) error {
+	pim, err := vhd.Open(st.Parent, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return err
+	}
+	defer pim.Close()
+	cim, err := vhd.Open(st.Child, &vhd.Options{PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return err
+	}
+	np, err := vhd.ParentFor(st.Child, pim, o.PathMap)
+	if err != nil {
+		cim.Close()
+		return err
+	}
+	if cur := pim.Info().DataWriteGUID; cur == g {
+		// P already carries g (a repeated step): keep C's recorded linkage.
+		if l, err := vhd.ParseGUID(cim.Parent().Linkage); err == nil {
+			np.Linkage = l
+		}
+	}
+	np.Linkage2 = g
+	if err := cim.SetParent(np); err != nil {
+		cim.Close()
+		return err
+	}
+	return cim.Close()
+}
+
+type piece struct {
+	off, n int64
+	zero   bool // a ZERO/UNMAPPED range of C: zeros over data below
+	buf    []byte
+}
+
+// pieces lists what C overrides, in order, in chunks of at most chunk bytes.
+func pieces(c *vhd.Image, fn func(piece) error) error {
+	return c.Extents(func(r vhd.Run) error {
+		if r.State == vhd.StateAbsent {
+			return nil
+		}
+		for off := r.Off; off < r.Off+r.Len; off += chunk {
+			n := min(int64(chunk), r.Off+r.Len-off)
+			if err := fn(piece{off: off, n: n, zero: r.State != vhd.StateData}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func hashPiece(h hash.Hash, pc piece) {
+	var hdr [17]byte
+	hdr[0] = 'D'
+	if pc.zero {
+		hdr[0] = 'Z'
+	}
+	binary.LittleEndian.PutUint64(hdr[1:], uint64(pc.off))
+	binary.LittleEndian.PutUint64(hdr[9:], uint64(pc.n))
+	h.Write(hdr[:])
+	if !pc.zero {
+		h.Write(pc.buf[:pc.n])
+	}
+}
+
+// copyInto writes C's overrides into P (through P's chain, so blocks newly
+// allocated in P are filled with what P showed) and returns the hash of
+// what was written. A reader goroutine reads and hashes while the caller's
+// goroutine writes.
+func copyInto(st *Step, g vhd.GUID, o *Options, rep progress.Reporter) (string, error) {
+	pc, err := vhd.OpenChain(st.Parent, &vhd.Options{PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return "", err
+	}
+	defer pc.Close()
+	if !g.IsZero() {
+		if err := pc.Leaf().SetDataWriteGUID(g); err != nil {
+			return "", err
+		}
+	}
+	cc, err := vhd.OpenChain(st.Child, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return "", err
+	}
+	defer cc.Close()
+	if got := cc.Layers[1].Path(); canon(got) != st.Parent {
+		return "", fmt.Errorf("merge: %s: parent resolves to %s, not %s as planned", st.Child, got, st.Parent)
+	}
+	rep.Start("merge "+filepath.Base(st.Child), st.CopyBytes)
+	defer rep.Done()
+
+	pool := sync.Pool{New: func() any { return make([]byte, chunk) }}
+	work := make(chan piece, 4)
+	stop := make(chan struct{})
+	h := sha256.New()
+	var rerr error
+	go func() {
+		defer close(work)
+		rerr = pieces(cc.Leaf(), func(p piece) error {
+			if !p.zero {
+				p.buf = pool.Get().([]byte)
+				if _, err := cc.ReadAt(p.buf[:p.n], p.off); err != nil {
+					return fmt.Errorf("merge: read %s at %d: %w", st.Child, p.off, err)
+				}
+			}
+			hashPiece(h, p)
+			select {
+			case work <- p:
+				return nil
+			case <-stop:
+				return errStop
+			}
+		})
+	}()
+	var werr error
+	zero := make([]byte, chunk)
+	n := 0
+	for p := range work {
+		if werr == nil {
+			if p.zero {
+				werr = writeZeros(pc, p, zero)
+			} else {
+				_, werr = pc.WriteAt(p.buf[:p.n], p.off)
+				pool.Put(p.buf)
+			}
+			if werr != nil {
+				werr = spaceErr(st.Parent, werr)
+				close(stop)
+			} else {
+				rep.Add(p.n)
+				n++
+				o.hook(fmt.Sprintf("copy-chunk:%d", n))
+			}
+		}
+	}
+	if werr != nil {
+		return "", werr
+	}
+	if rerr != nil {
+		return "", rerr
+	}
+	if err := pc.Flush(); err != nil {
+		return "", spaceErr(st.Parent, err)
+	}
+	o.hook("copy-flushed")
+	if err := pc.Close(); err != nil {
+		return "", spaceErr(st.Parent, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeZeros makes the range read as zeros in P, writing only where the
+// chain below does not already read zeros (so a trimmed range does not
+// allocate blocks in a dynamic parent).
+func writeZeros(pc *vhd.Chain, p piece, zero []byte) error {
+	return pc.Map(p.off, p.n, func(r vhd.MapRun) error {
+		if r.Layer < 0 {
+			return nil
+		}
+		_, err := pc.WriteAt(zero[:r.Len], r.Off)
+		return err
+	})
+}
+
+// spaceErr turns ENOSPC into ErrNoSpace naming the file.
+func spaceErr(path string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || isDiskFull(err) {
+		return &NoSpaceError{Mount: volumeOfPath(path), Disk: path, Detail: fmt.Sprintf("the volume filled up while writing %s (%v); nothing is lost: the chain reads as before. Free space and run hvsnap merge --resume", path, err)}
+	}
+	return err
+}
+
+func volumeOfPath(p string) string { return filepath.Dir(p) }
+
+// hashTarget reads P (with its own chain) over C's overrides and hashes it
+// like copyInto did; zero ranges must read as zeros.
+func hashTarget(st *Step, o *Options, rep progress.Reporter) (string, error) {
+	pc, err := vhd.OpenChain(st.Parent, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return "", err
+	}
+	defer pc.Close()
+	c, err := vhd.Open(st.Child, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	rep.Start("verify "+filepath.Base(st.Parent), st.CopyBytes)
+	defer rep.Done()
+	h := sha256.New()
+	buf := make([]byte, chunk)
+	err = pieces(c, func(p piece) error {
+		if _, err := pc.ReadAt(buf[:p.n], p.off); err != nil {
+			return err
+		}
+		if p.zero {
+			for _, b := range buf[:p.n] {
+				if b != 0 {
+					return fmt.Errorf("%w: %s: range %d+%d should read as zeros", ErrVerify, st.Parent, p.off, p.n)
+				}
+			}
+		}
+		p.buf = buf
+		hashPiece(h, p)
+		rep.Add(p.n)
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// repoint links each child of C to P (P's current identity and path).
+func repoint(ss stepState, st *Step, o *Options) error {
+	pim, err := vhd.Open(st.Parent, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return err
+	}
+	defer pim.Close()
+	for n, gc := range st.Children {
+		if _, err := os.Stat(gc); os.IsNotExist(err) {
+			ss.j.Note(ss.key+"repoint", map[string]string{"skipped": gc, "why": "file no longer exists"})
+			continue
+		}
+		im, err := vhd.Open(gc, &vhd.Options{PathMap: o.PathMap, Wrap: o.Wrap})
+		if err != nil {
+			return err
+		}
+		np, err := vhd.ParentFor(gc, pim, o.PathMap)
+		if err == nil {
+			err = im.SetParent(np)
+		}
+		if err == nil {
+			err = im.Flush()
+		}
+		if cerr := im.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		o.hook(fmt.Sprintf("%srepoint-child:%d", ss.key, n))
+	}
+	return nil
+}

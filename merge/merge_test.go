@@ -1,0 +1,408 @@
+package merge
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hvsnap/hvsnap/space"
+	"github.com/hvsnap/hvsnap/vhd"
+)
+
+const MiB = 1 << 20
+
+// bigVolumes reports one roomy volume for every path (planning tests that
+// are not about space).
+var bigVolumes = space.StaticVolumes{{Mount: "/", Size: 1 << 50, Free: 1 << 49}}
+
+// layerSpec is one disk of a test chain.
+type layerSpec struct {
+	name   string
+	spec   vhd.CreateSpec
+	writes int // random writes
+	zero   bool
+}
+
+// model is the expected content of a chain, kept in memory.
+type model struct{ data []byte }
+
+func writeRandom(t *testing.T, path string, m *model, rng *rand.Rand, n int, ss int64) {
+	t.Helper()
+	c, err := vhd.OpenChain(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	size := c.Size()
+	for i := 0; i < n; i++ {
+		var off, ln int64
+		switch rng.Intn(4) {
+		case 0: // one sector
+			off = rng.Int63n(size/ss) * ss
+			ln = ss
+		case 1: // unaligned few bytes
+			off = rng.Int63n(size - 4096)
+			ln = 1 + rng.Int63n(3000)
+		case 2: // block-crossing
+			off = (rng.Int63n(size/(2*MiB))+1)*2*MiB - int64(rng.Intn(64<<10)) - 1
+			ln = int64(rng.Intn(256<<10)) + 1
+		default: // a large piece
+			off = rng.Int63n(size/ss) * ss
+			ln = int64(rng.Intn(3*MiB)) + ss
+		}
+		if off+ln > size {
+			ln = size - off
+		}
+		buf := make([]byte, ln)
+		if rng.Intn(5) > 0 {
+			rng.Read(buf)
+		}
+		if _, err := c.WriteAt(buf, off); err != nil {
+			t.Fatalf("write %s at %d+%d: %v", path, off, ln, err)
+		}
+		copy(m.data[off:], buf)
+	}
+}
+
+func chainBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	c, err := vhd.OpenChain(path, &vhd.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("open chain %s: %v", path, err)
+	}
+	defer c.Close()
+	b := make([]byte, c.Size())
+	if _, err := c.ReadAt(b, 0); err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if i >= len(b) || a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// buildChain creates the layers (base first) in dir, writing random data
+// into each, and returns their paths (base first) and the model of each
+// layer's chain view.
+func buildChain(t *testing.T, dir string, layers []layerSpec, seed int64) ([]string, []*model) {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
+	var paths []string
+	var models []*model
+	for i, l := range layers {
+		p := filepath.Join(dir, l.name)
+		spec := l.spec
+		if i > 0 && spec.Parent == "" {
+			spec.Parent = paths[i-1]
+		}
+		spec = fillSpec(p, spec)
+		im, err := vhd.Create(p, spec, nil)
+		if err != nil {
+			t.Fatalf("create %s: %v", p, err)
+		}
+		size := im.VirtualSize()
+		ss := im.SectorSize()
+		im.Close()
+		m := &model{}
+		if i == 0 {
+			m.data = make([]byte, size)
+		} else {
+			m.data = append([]byte(nil), models[i-1].data...)
+		}
+		writeRandom(t, p, m, rng, l.writes, ss)
+		paths = append(paths, p)
+		models = append(models, m)
+	}
+	return paths, models
+}
+
+func checkClean(t *testing.T, path string) {
+	t.Helper()
+	fs, err := vhd.Check(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fs {
+		if f.Severity == vhd.SevError {
+			t.Errorf("check %s: %v", path, f)
+		}
+	}
+}
+
+func TestMergeMatrix(t *testing.T) {
+	vhdx := func(typ vhd.DiskType, bs uint32, ss uint32) vhd.CreateSpec {
+		return vhd.CreateSpec{Format: vhd.FormatVHDX, Type: typ, Size: 48 * MiB, BlockSize: bs, LogicalSectorSize: ss}
+	}
+	v1 := func(typ vhd.DiskType, bs uint32) vhd.CreateSpec {
+		return vhd.CreateSpec{Format: vhd.FormatVHD, Type: typ, Size: 48 * MiB, BlockSize: bs}
+	}
+	diffX := func(bs uint32) vhd.CreateSpec {
+		return vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, BlockSize: bs}
+	}
+	diffV := func(bs uint32) vhd.CreateSpec {
+		return vhd.CreateSpec{Format: vhd.FormatVHD, Type: vhd.TypeDifferencing, BlockSize: bs}
+	}
+	cases := []struct {
+		name   string
+		layers []layerSpec
+		into   int // index of the ancestor (base first); -1 = parent of the leaf
+	}{
+		{"vhdx-dynamic-parent", []layerSpec{{"base.vhdx", vhdx(vhd.TypeDynamic, 1*MiB, 512), 20, false}, {"c.avhdx", diffX(2 * MiB), 30, false}}, -1},
+		{"vhdx-dynamic-parent-4k", []layerSpec{{"base.vhdx", vhdx(vhd.TypeDynamic, 8*MiB, 4096), 20, false}, {"c.avhdx", diffX(1 * MiB), 30, false}}, -1},
+		{"vhdx-fixed-parent", []layerSpec{{"base.vhdx", vhdx(vhd.TypeFixed, 0, 512), 10, false}, {"c.avhdx", diffX(2 * MiB), 30, false}}, -1},
+		{"vhdx-diff-parent", []layerSpec{{"base.vhdx", vhdx(vhd.TypeDynamic, 2*MiB, 512), 20, false}, {"p.avhdx", diffX(4 * MiB), 20, false}, {"c.avhdx", diffX(1 * MiB), 30, false}}, -1},
+		{"vhdx-empty-child", []layerSpec{{"base.vhdx", vhdx(vhd.TypeDynamic, 2*MiB, 512), 20, false}, {"c.avhdx", diffX(2 * MiB), 0, false}}, -1},
+		{"vhdx-chain-into-base", []layerSpec{{"base.vhdx", vhdx(vhd.TypeDynamic, 2*MiB, 512), 10, false}, {"a.avhdx", diffX(2 * MiB), 10, false}, {"b.avhdx", diffX(1 * MiB), 10, false}, {"c.avhdx", diffX(4 * MiB), 10, false}}, 0},
+		{"vhd-dynamic-parent", []layerSpec{{"base.vhd", v1(vhd.TypeDynamic, 2*MiB), 20, false}, {"c.avhd", diffV(512 << 10), 30, false}}, -1},
+		{"vhd-fixed-parent", []layerSpec{{"base.vhd", v1(vhd.TypeFixed, 0), 10, false}, {"c.avhd", diffV(2 * MiB), 30, false}}, -1},
+		{"vhd-diff-parent", []layerSpec{{"base.vhd", v1(vhd.TypeDynamic, 1*MiB), 20, false}, {"p.avhd", diffV(2 * MiB), 20, false}, {"c.avhd", diffV(512 << 10), 30, false}}, -1},
+		{"vhd-chain-into-base", []layerSpec{{"base.vhd", v1(vhd.TypeDynamic, 2*MiB), 10, false}, {"a.avhd", diffV(2 * MiB), 10, false}, {"c.avhd", diffV(1 * MiB), 10, false}}, 0},
+	}
+	for ci, tc := range cases {
+		tc := tc
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			paths, models := buildChain(t, dir, tc.layers, int64(ci+1))
+			leaf := paths[len(paths)-1]
+			want := models[len(models)-1].data
+			if got := chainBytes(t, leaf); !bytes.Equal(got, want) {
+				t.Fatalf("model mismatch before the merge at %d", firstDiff(got, want))
+			}
+			// A grandchild on top of the leaf keeps its view through a
+			// single-step merge (it gets re-pointed).
+			var gc string
+			if tc.into < 0 {
+				gc = filepath.Join(dir, "gc"+filepath.Ext(leaf))
+				im, err := vhd.Create(gc, fillSpec(gc, vhd.CreateSpec{Parent: leaf}), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				im.Close()
+			}
+			o := &Options{Volumes: bigVolumes, Roots: []string{dir}}
+			target := paths[len(paths)-2]
+			if tc.into >= 0 {
+				o.Into = paths[tc.into]
+				target = paths[tc.into]
+			}
+			parentBefore := fileSize(target)
+			p, err := PlanMerge(leaf, o)
+			if err != nil {
+				t.Fatalf("plan: %v", err)
+			}
+			wantSteps := len(paths) - 1 - max(tc.into, len(paths)-2)
+			if tc.into >= 0 {
+				wantSteps = len(paths) - 1 - tc.into
+			}
+			if len(p.Steps) != wantSteps {
+				t.Fatalf("plan has %d steps, want %d", len(p.Steps), wantSteps)
+			}
+			var growth int64
+			for _, s := range p.Steps {
+				growth += s.Growth
+			}
+			res, err := Run(p, o, nil)
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			for _, s := range p.Steps {
+				if _, err := os.Stat(s.Child); !os.IsNotExist(err) {
+					t.Errorf("merged file %s still exists", s.Child)
+				}
+			}
+			if got := chainBytes(t, target); !bytes.Equal(got, want) {
+				t.Fatalf("merged %s differs from the chain before the merge at byte %d", target, firstDiff(got, want))
+			}
+			if gc != "" {
+				if got := chainBytes(t, gc); !bytes.Equal(got, want) {
+					t.Fatalf("grandchild view changed at %d", firstDiff(got, want))
+				}
+				checkClean(t, gc)
+			}
+			checkClean(t, target)
+			// The predicted growth is the real growth (block allocation).
+			real := fileSize(target) - parentBefore
+			if real != res.Growth[target] {
+				t.Errorf("result growth %d, file grew %d", res.Growth[target], real)
+			}
+			if !predictionMatches(growth, real, p) {
+				t.Errorf("plan predicted growth %d, the file grew %d", growth, real)
+			}
+			if j, _ := filepath.Glob(filepath.Join(dir, ".hvsnap-*")); len(j) > 0 {
+				t.Errorf("journal left behind: %v", j)
+			}
+			// libvhdi reads the merged result the same.
+			if top := gc; top != "" {
+				oracleCompare(t, top, want)
+			} else {
+				oracleCompare(t, target, want)
+			}
+		})
+	}
+}
+
+// predictionMatches: a VHD appends blocks at a 4 KiB-aligned offset, so its
+// per-block growth is an upper bound (bitmap + block + up to 3.5 KiB
+// padding); VHDX growth is exact.
+func predictionMatches(pred, real int64, p *Plan) bool {
+	if p.Steps[0].Format == "vhdx" {
+		return pred == real
+	}
+	return real <= pred && pred-real <= pred/8+4096
+}
+
+// oracleCompare reads path's chain with libvhdi (vhdimount) when available
+// and compares it with want.
+func oracleCompare(t *testing.T, path string, want []byte) {
+	t.Helper()
+	if _, err := exec.LookPath("vhdimount"); err != nil {
+		t.Log("vhdimount not installed: libvhdi oracle skipped (apt-get install libvhdi-utils)")
+		return
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Log("FUSE not available: libvhdi oracle skipped")
+		return
+	}
+	mnt := t.TempDir()
+	out, err := exec.Command("vhdimount", path, mnt).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "ermission") || strings.Contains(string(out), "not permitted") {
+			t.Logf("FUSE mount not permitted: libvhdi oracle skipped: %s", out)
+			return
+		}
+		t.Fatalf("vhdimount %s: %v\n%s", path, err, out)
+	}
+	defer exec.Command("fusermount", "-u", mnt).Run()
+	ents, _ := os.ReadDir(mnt)
+	best := ""
+	bestN := 0
+	for _, e := range ents {
+		var n int
+		if _, err := fmt.Sscanf(e.Name(), "vhdi%d", &n); err == nil && n > bestN {
+			best, bestN = filepath.Join(mnt, e.Name()), n
+		}
+	}
+	if best == "" {
+		t.Fatalf("vhdimount %s: nothing mounted", path)
+	}
+	got, err := os.ReadFile(best)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("libvhdi reads %s differently at byte %d", path, firstDiff(got, want))
+	}
+}
+
+func sha(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func TestMergeRefusals(t *testing.T) {
+	dir := t.TempDir()
+	paths, _ := buildChain(t, dir, []layerSpec{
+		{"base.vhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 16 * MiB, BlockSize: 1 * MiB}, 5, false},
+		{"a.avhdx", vhd.CreateSpec{}, 5, false},
+	}, 7)
+	base, a := paths[0], paths[1]
+	// A second child of base (another branch).
+	b := filepath.Join(dir, "b.avhdx")
+	if im, err := vhd.Create(b, fillSpec(b, vhd.CreateSpec{Parent: base}), nil); err != nil {
+		t.Fatal(err)
+	} else {
+		im.Close()
+	}
+	o := &Options{Volumes: bigVolumes, Roots: []string{dir}}
+	_, err := PlanMerge(a, o)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "b.avhdx") {
+		t.Fatalf("shared parent: got %v", err)
+	}
+	os.Remove(b)
+
+	// Not a differencing disk.
+	if _, err := PlanMerge(base, o); !errors.Is(err, ErrRefused) {
+		t.Fatalf("base: got %v", err)
+	}
+	// In use: a lock held elsewhere.
+	p, err := PlanMerge(a, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := holdLock(t, base)
+	if _, err := Run(p, o, nil); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("in use: got %v", err)
+	}
+	held()
+	// Not enough space: nothing changes.
+	before := sha(chainBytes(t, a))
+	small := &Options{Volumes: space.StaticVolumes{{Mount: "/", Size: 100 * MiB, Free: 1 * MiB}, {Mount: "/big", Size: 1 << 40, Free: 1 << 39}}, Roots: []string{dir}}
+	p, err = PlanMerge(a, small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(p, small, nil)
+	var ns *NoSpaceError
+	if !errors.As(err, &ns) || !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("no space: got %v", err)
+	}
+	for _, want := range []string{"0x80070070", "not enough space", "/big", "hvsnap relocate"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("no-space error lacks %q: %v", want, err)
+		}
+	}
+	if got := sha(chainBytes(t, a)); got != before {
+		t.Fatal("refused merge changed the chain")
+	}
+	if _, err := os.Stat(a); err != nil {
+		t.Fatal(err)
+	}
+	// Broken linkage: a replaced parent.
+	os.Rename(base, base+".orig")
+	if im, err := vhd.Create(base, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 16 * MiB}, nil); err != nil {
+		t.Fatal(err)
+	} else {
+		im.Close()
+	}
+	if _, err := PlanMerge(a, o); !errors.Is(err, vhd.ErrParentMismatch) {
+		t.Fatalf("broken linkage: got %v", err)
+	}
+	os.Rename(base+".orig", base)
+	// An unfinished journal of another operation on the same files.
+	jf := filepath.Join(dir, ".hvsnap-export-0123.journal")
+	writeForeignJournal(t, jf, []string{base})
+	if _, err := PlanMerge(a, o); !errors.Is(err, ErrBusy) {
+		t.Fatalf("foreign journal: got %v", err)
+	}
+	os.Remove(jf)
+	if _, err := PlanMerge(a, o); err != nil {
+		t.Fatalf("after the journal is gone: %v", err)
+	}
+}
+
+// fillSpec completes a spec like the CLI does: format from the extension,
+// differencing when a parent is named.
+func fillSpec(path string, s vhd.CreateSpec) vhd.CreateSpec {
+	if s.Format == "" {
+		s.Format, _ = vhd.FormatFromExt(path)
+	}
+	if s.Parent != "" {
+		s.Type = vhd.TypeDifferencing
+	}
+	return s
+}

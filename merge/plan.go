@@ -1,0 +1,513 @@
+package merge
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/hvsnap/hvsnap/internal/fsutil"
+	"github.com/hvsnap/hvsnap/internal/journal"
+	"github.com/hvsnap/hvsnap/space"
+	"github.com/hvsnap/hvsnap/vhd"
+	"github.com/hvsnap/hvsnap/vm"
+)
+
+// PlanSchema is the version of Plan's JSON.
+const PlanSchema = 1
+
+// canon is the absolute, symlink-free form of p (p itself when it cannot be
+// resolved).
+func canon(p string) string {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return filepath.Clean(p)
+	}
+	if r, err := filepath.EvalSymlinks(a); err == nil {
+		return r
+	}
+	return a
+}
+
+// defaultRoots: the disk's folder, plus the VM folder when the disk sits in
+// Hyper-V's "Virtual Hard Disks" folder.
+func defaultRoots(disk string) []string {
+	dir := filepath.Dir(disk)
+	roots := []string{dir}
+	if strings.EqualFold(filepath.Base(dir), "Virtual Hard Disks") {
+		roots = append(roots, filepath.Dir(dir))
+	}
+	return roots
+}
+
+// Store is what planning knows about the disks around a chain: which disks
+// depend on which, and which configurations name them.
+type Store struct {
+	// Children maps a disk (canonical path) to the differencing disks whose
+	// parent resolves to it with a valid linkage.
+	Children map[string][]string
+	// Broken: differencing disks that resolve to a disk with a linkage
+	// mismatch (already broken children).
+	Broken map[string][]string
+	VMs    []*vm.VM
+	// Scanned: whether VM configurations were found at all.
+	Scanned bool
+}
+
+// Discover scans roots (and the folders of extra) for disks and VM
+// configurations.
+func Discover(roots []string, extra []string, pm vhd.PathMap, wrap vhd.FileWrapper) (*Store, error) {
+	all := append([]string(nil), roots...)
+	st, err := vm.Scan(all, vm.ScanOptions{PathMap: pm})
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var disks []string
+	add := func(p string) {
+		c := canon(p)
+		if !seen[c] {
+			seen[c] = true
+			disks = append(disks, c)
+		}
+	}
+	for _, d := range st.Disks {
+		add(d.Path)
+	}
+	for _, e := range extra {
+		ents, err := os.ReadDir(filepath.Dir(e))
+		if err != nil {
+			continue
+		}
+		for _, de := range ents {
+			if _, ok := vhd.FormatFromExt(de.Name()); ok && !de.IsDir() {
+				add(filepath.Join(filepath.Dir(e), de.Name()))
+			}
+		}
+	}
+	s := &Store{Children: map[string][]string{}, Broken: map[string][]string{}, VMs: st.VMs, Scanned: len(st.VMs) > 0}
+	for _, d := range disks {
+		im, err := vhd.Open(d, &vhd.Options{ReadOnly: true, PathMap: pm, Wrap: wrap})
+		if err != nil {
+			continue // unreadable disks are not children of anything we can see
+		}
+		if im.Parent() == nil {
+			im.Close()
+			continue
+		}
+		link, err := im.ResolveParent(&vhd.Options{ReadOnly: true, PathMap: pm, Wrap: wrap})
+		im.Close()
+		if err != nil || link == nil {
+			continue
+		}
+		p := canon(link.Path)
+		if link.LinkageOK {
+			s.Children[p] = append(s.Children[p], d)
+		} else {
+			s.Broken[p] = append(s.Broken[p], d)
+		}
+	}
+	for k := range s.Children {
+		sort.Strings(s.Children[k])
+	}
+	return s, nil
+}
+
+// configUse is one configuration naming a disk.
+type configUse struct {
+	cfg        *vm.Config
+	vmName     string
+	drive      vm.DriveRef
+	checkpoint bool
+}
+
+func (s *Store) uses(disk string) []configUse {
+	var out []configUse
+	for _, v := range s.VMs {
+		cfgs := append([]*vm.Config{v.Config}, v.Checkpoints...)
+		for _, c := range cfgs {
+			if c == nil {
+				continue
+			}
+			for _, d := range c.Disks {
+				if d.LocalPath != "" && canon(d.LocalPath) == disk {
+					out = append(out, configUse{cfg: c, vmName: v.Config.Name, drive: d, checkpoint: c.IsCheckpoint})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// PlanMerge plans merging disk into its parent (or o.Into) without
+// changing anything. Refusals are returned as errors (ErrRefused,
+// ErrBusy, vhd errors for broken chains); lack of space is not an error
+// here: see Plan.Volumes and Check.
+func PlanMerge(disk string, o *Options) (*Plan, error) {
+	if o == nil {
+		o = &Options{}
+	}
+	disk = canon(disk)
+	ch, err := vhd.OpenChain(disk, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return nil, fmt.Errorf("merge: %w", err)
+	}
+	defer ch.Close()
+	var layers []string
+	for _, im := range ch.Layers {
+		layers = append(layers, canon(im.Path()))
+	}
+	if len(layers) < 2 {
+		return nil, refused(disk, "not a differencing disk: there is nothing to merge it into")
+	}
+	k := 1
+	if o.Into != "" {
+		into := canon(o.Into)
+		k = -1
+		for i := 1; i < len(layers); i++ {
+			if layers[i] == into {
+				k = i
+			}
+		}
+		if k < 0 {
+			return nil, refused(disk, "%s is not an ancestor of this disk (its chain: %s)", o.Into, strings.Join(layers[1:], " → "))
+		}
+	}
+	leaf := ch.Layers[0].Info()
+	target := ch.Layers[k].Info()
+	if leaf.VirtualSize != target.VirtualSize {
+		return nil, refused(disk, "virtual size %d differs from %s (%d): an expanded or shrunk disk in the chain; restore the original size first (hvsnap diagnose)", leaf.VirtualSize, layers[k], target.VirtualSize)
+	}
+	for i := 0; i < k; i++ {
+		if ch.Layers[i].Info().VirtualSize != target.VirtualSize {
+			return nil, refused(layers[i], "virtual size differs from the merge target %s", layers[k])
+		}
+	}
+	// Unfinished operations on any file of the chain.
+	if js, err := journal.Involving(layers...); err != nil {
+		return nil, err
+	} else if len(js) > 0 {
+		return nil, busyError(js[0])
+	}
+
+	roots := o.Roots
+	if len(roots) == 0 {
+		roots = defaultRoots(disk)
+	}
+	st, err := Discover(roots, layers, o.PathMap, o.Wrap)
+	if err != nil {
+		return nil, fmt.Errorf("merge: %w", err)
+	}
+
+	p := &Plan{Schema: PlanSchema, Disk: disk, Into: layers[k], Keep: o.Keep, Configs: []ConfigChange{}, Notes: []string{}}
+	for _, m := range o.PathMap {
+		p.PathMap = append(p.PathMap, m.String())
+	}
+	if !st.Scanned {
+		p.Notes = append(p.Notes, fmt.Sprintf("no VM configuration found under %s: configurations naming these disks cannot be checked or updated (use --root)", strings.Join(roots, ", ")))
+	}
+
+	// Refusals from configurations: a checkpoint (or another VM) that uses
+	// a disk this merge modifies or removes.
+	for i := 1; i <= k; i++ {
+		for _, u := range st.uses(layers[i]) {
+			what := "VM"
+			if u.checkpoint {
+				what = "checkpoint"
+			}
+			verb := "modifies"
+			if i < k {
+				verb = "removes"
+			}
+			return nil, refused(layers[i], "%s %q (%s, %s) still uses this disk, and the merge %s it: its state would be lost. Delete the checkpoint first (Hyper-V: Remove-VMCheckpoint; its merge is then pending and hvsnap can run it)",
+				what, u.cfg.Name, u.cfg.Path, u.drive.Location(), verb)
+		}
+	}
+
+	// Children, simulated step by step.
+	kids := map[string][]string{}
+	for kk, v := range st.Children {
+		kids[kk] = append([]string(nil), v...)
+	}
+	// The chain's own links are children too (found by the chain even when
+	// the roots did not include a folder).
+	for i := 0; i < len(layers)-1; i++ {
+		if !contains(kids[layers[i+1]], layers[i]) {
+			kids[layers[i+1]] = append(kids[layers[i+1]], layers[i])
+		}
+	}
+	target0 := layers[k]
+	for i := k - 1; i >= 0; i-- {
+		c := layers[i]
+		if others := without(kids[target0], c); len(others) > 0 {
+			return nil, refused(target0, "this disk is also the parent of %s: merging %s into it would change what %s show (and break their linkage). It is left unmerged; merge %s into another ancestor or delete the other branch first",
+				strings.Join(others, ", "), filepath.Base(c), plural(len(others), "that disk", "those disks"), filepath.Base(c))
+		}
+		if len(st.Broken[c]) > 0 {
+			p.Notes = append(p.Notes, fmt.Sprintf("%s has children whose linkage does not match it (already broken): %s; they are not re-pointed", c, strings.Join(st.Broken[c], ", ")))
+		}
+		kids[target0] = append([]string(nil), kids[c]...)
+		step := Step{Child: c, Parent: target0, Children: append([]string{}, kids[c]...)}
+		delete(kids, c)
+		p.Steps = append(p.Steps, step)
+	}
+
+	if o.Keep && len(p.Steps) > 1 {
+		return nil, refused(disk, "--keep works for a single step: a kept disk would no longer match its parent once the next disk is merged into it")
+	}
+	if err := p.measure(ch, k, o); err != nil {
+		return nil, err
+	}
+
+	// Configurations naming the merged leaf (the chain's top).
+	for _, u := range st.uses(layers[0]) {
+		cc := ConfigChange{Config: u.cfg.Path, Kind: u.cfg.Kind, VM: u.vmName, Drive: u.drive.Location(), OldPath: u.drive.WindowsPath}
+		cc.NewPath = newWindowsPath(u.drive.WindowsPath, layers[0], target0, o.PathMap)
+		if u.cfg.Kind != vm.KindXML {
+			cc.Command = setDriveCommand(u.vmName, u.drive, cc.NewPath)
+		}
+		p.Configs = append(p.Configs, cc)
+	}
+	return p, nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+func contains(xs []string, x string) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+func without(xs []string, x string) []string {
+	var out []string
+	for _, v := range xs {
+		if v != x {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// newWindowsPath is the path a configuration should name for target, given
+// the path it named for old: through the path map, else old's folder with
+// target's name when both files share a folder.
+func newWindowsPath(oldWin, old, target string, pm vhd.PathMap) string {
+	if w, ok := pm.ToWindows(target); ok {
+		return w
+	}
+	if filepath.Dir(old) == filepath.Dir(target) && oldWin != "" {
+		i := strings.LastIndexAny(oldWin, `\/`)
+		return oldWin[:i+1] + filepath.Base(target)
+	}
+	return strings.ReplaceAll(target, string(filepath.Separator), `\`)
+}
+
+func setDriveCommand(vmName string, d vm.DriveRef, path string) string {
+	ct := "IDE"
+	if d.Controller == vm.ControllerSCSI {
+		ct = "SCSI"
+	}
+	return fmt.Sprintf("Set-VMHardDiskDrive -VMName '%s' -ControllerType %s -ControllerNumber %d -ControllerLocation %d -Path '%s'",
+		strings.ReplaceAll(vmName, "'", "''"), ct, d.ControllerIndex, d.Drive, strings.ReplaceAll(path, "'", "''"))
+}
+
+// measure fills the byte counts, growth and per-volume peaks.
+func (p *Plan) measure(ch *vhd.Chain, k int, o *Options) error {
+	target := ch.Layers[k]
+	tinf := target.Info()
+	unit := target.AllocUnit()
+	tbs := target.BlockSize()
+	fixed := tinf.Type == vhd.TypeFixed
+	var newly []uint64
+	if !fixed {
+		newly = make([]uint64, (target.Blocks()+63)/64)
+	}
+	byPath := map[string]*vhd.Image{}
+	for _, im := range ch.Layers {
+		byPath[canon(im.Path())] = im
+	}
+	vols, verr := o.volumes().Volumes()
+	vidx := space.NewVolumeIndex(vols)
+	mountOf := func(path string) string {
+		if verr != nil {
+			return ""
+		}
+		if v, ok := vidx.For(path); ok {
+			return v.Mount
+		}
+		return ""
+	}
+	for i := range p.Steps {
+		s := &p.Steps[i]
+		c := byPath[s.Child]
+		cinf := c.Info()
+		s.Format = string(tinf.Format)
+		s.ParentType = string(tinf.Type)
+		s.ChildBlock = c.BlockSize()
+		s.ParentBlock = tbs
+		err := c.Extents(func(r vhd.Run) error {
+			if r.State != vhd.StateAbsent {
+				s.CopyBytes += r.Len
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if !fixed {
+			err = c.TouchedBlocks(tbs, func(b int64) error {
+				if b >= target.Blocks() || newly[b/64]&(1<<(b%64)) != 0 {
+					return nil
+				}
+				ok, err := target.BlockAllocated(b)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					s.Growth += unit
+					newly[b/64] |= 1 << (b % 64)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if tinf.Format == vhd.FormatVHDX {
+			s.NewDataWriteGUID = vhd.NewGUID().String()
+		}
+		if !o.Keep {
+			s.FreedBytes = allocatedBytes(s.Child)
+		}
+		s.ParentVolume = mountOf(s.Parent)
+		s.ChildVolume = mountOf(s.Child)
+		p.CopyBytes += s.CopyBytes
+		_ = cinf
+	}
+	// Peaks: growth lands on the parent's volume, a removal frees the
+	// child's space after its step.
+	cur := map[string]int64{}
+	peak := map[string]int64{}
+	for _, s := range p.Steps {
+		cur[s.ParentVolume] += s.Growth
+		peak[s.ParentVolume] = max(peak[s.ParentVolume], cur[s.ParentVolume])
+		cur[s.ChildVolume] -= s.FreedBytes
+		if _, ok := peak[s.ChildVolume]; !ok {
+			peak[s.ChildVolume] = 0
+		}
+	}
+	var mounts []string
+	for m := range peak {
+		mounts = append(mounts, m)
+	}
+	sort.Strings(mounts)
+	for _, m := range mounts {
+		vn := VolumeNeed{Mount: m, Peak: peak[m], Margin: o.margin(), Free: -1}
+		if v, ok := volumeByMount(vols, m); ok {
+			vn.Free = v.Free
+			vn.OK = vn.Peak == 0 || v.Free >= vn.Peak+vn.Margin
+		} else {
+			vn.OK = vn.Peak == 0
+		}
+		p.Volumes = append(p.Volumes, vn)
+	}
+	return nil
+}
+
+func volumeByMount(vols []space.VolumeInfo, m string) (space.VolumeInfo, bool) {
+	for _, v := range vols {
+		if v.Mount == m {
+			return v, true
+		}
+	}
+	return space.VolumeInfo{}, false
+}
+
+// CheckSpace returns a *NoSpaceError when a volume of the plan lacks room.
+func (p *Plan) CheckSpace(o *Options) error {
+	for _, v := range p.Volumes {
+		if v.OK {
+			continue
+		}
+		e := &NoSpaceError{Mount: v.Mount, Need: v.Peak + v.Margin, Free: max(v.Free, 0), Disk: p.Disk}
+		if v.Free < 0 {
+			e.Detail = "the free space of this volume could not be read"
+		}
+		need := p.totalSize()
+		if vols, err := o.volumes().Volumes(); err == nil {
+			var src space.VolumeInfo
+			src, _ = volumeByMount(vols, v.Mount)
+			for _, w := range vols {
+				if w.Mount == v.Mount || w.ReadOnly || (src.FSID != "" && w.FSID == src.FSID) {
+					continue
+				}
+				if w.Free >= need+v.Peak+v.Margin {
+					e.Room = append(e.Room, w)
+				}
+			}
+			sort.Slice(e.Room, func(i, j int) bool { return e.Room[i].Free > e.Room[j].Free })
+		}
+		if len(e.Room) > 0 {
+			e.Reloc = fmt.Sprintf("hvsnap relocate %s --to %s --merge", quoteArg(vmDirOf(p.Disk)), quoteArg(filepath.Join(e.Room[0].Mount, "hvsnap-relocated")))
+		}
+		return e
+	}
+	return nil
+}
+
+// totalSize is the space the chain's files take (what a relocation moves).
+func (p *Plan) totalSize() int64 {
+	var n int64
+	seen := map[string]bool{}
+	for _, s := range p.Steps {
+		for _, f := range []string{s.Child, s.Parent} {
+			if !seen[f] {
+				seen[f] = true
+				n += allocatedBytes(f)
+			}
+		}
+	}
+	return n
+}
+
+func vmDirOf(disk string) string {
+	dir := filepath.Dir(disk)
+	if strings.EqualFold(filepath.Base(dir), "Virtual Hard Disks") {
+		return filepath.Dir(dir)
+	}
+	return dir
+}
+
+func quoteArg(s string) string {
+	if strings.ContainsAny(s, " '\"\\$`") {
+		return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	}
+	return s
+}
+
+func busyError(j *journal.Journal) error {
+	return fmt.Errorf("%w: %s (%s started %s by pid %d on %s) involves these disks; finish it first: hvsnap %s --resume %s",
+		ErrBusy, j.Path, j.Header.Op, j.Header.Started.Format("2006-01-02 15:04:05Z"), j.Header.PID, j.Header.Host, j.Header.Op, j.Path)
+}
+
+var errStop = errors.New("stop")
+
+// allocatedBytes is what the file at path occupies (0 when it is gone).
+func allocatedBytes(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fsutil.Allocated(fi)
+}
