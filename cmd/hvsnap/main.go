@@ -63,6 +63,7 @@ Exit codes: 0 ok, 1 error, 2 usage error, 3 findings (check).`,
 			cmdWrite(),
 			cmdSpace(),
 			cmdMerge(),
+			cmdCleanup(),
 		},
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return usagef("%v (see hvsnap --help)", err)

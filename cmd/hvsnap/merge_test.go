@@ -1,0 +1,237 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hvsnap/hvsnap/internal/lock"
+	"github.com/hvsnap/hvsnap/internal/storetest"
+	"github.com/hvsnap/hvsnap/vm"
+)
+
+// mergeStore: a VM whose checkpoint was deleted (merge pending), a VM with a
+// live checkpoint (nothing may be merged), and an orphaned disk.
+func mergeStore(t *testing.T) (root, pm string, pending, live *storetest.BuiltVM, orphan string) {
+	t.Helper()
+	root = filepath.Join(t.TempDir(), "VMs")
+	var err error
+	pending, err = storetest.BuildVM(root, storetest.VMSpec{Name: "web", LiveWriteBytes: 3 << 20, DiskMergePending: true,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1, WriteBytes: 1 << 20, Deleted: true, Age: 50 * 24 * time.Hour}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err = storetest.BuildVM(root, storetest.VMSpec{Name: "db", LiveWriteBytes: 1 << 20,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1, WriteBytes: 1 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, err = storetest.OrphanDisk(live.DiskDir, live.Base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, storetest.WindowsRoot + "=" + root, pending, live, orphan
+}
+
+func TestCLIMerge(t *testing.T) {
+	root, pm, web, db, _ := mergeStore(t)
+	want, _ := web.LiveSHA256()
+
+	// Dry run: the plan as JSON, nothing changed.
+	out := mustHV(t, "merge", "--dry-run", "--json", "--path-map", pm, web.Leaf)
+	var dr struct {
+		DryRun bool `json:"dry_run"`
+		Plans  []struct {
+			Schema  int    `json:"schema"`
+			Into    string `json:"into"`
+			Steps   []struct{ Child, Parent string }
+			Volumes []struct {
+				Mount string `json:"mount"`
+				Peak  int64  `json:"peak"`
+				OK    bool   `json:"ok"`
+			} `json:"volumes"`
+			Configs []struct {
+				Config  string `json:"config"`
+				NewPath string `json:"new_path"`
+			} `json:"configs"`
+		} `json:"plans"`
+	}
+	if err := json.Unmarshal([]byte(out), &dr); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !dr.DryRun || len(dr.Plans) != 1 || dr.Plans[0].Schema != 1 || dr.Plans[0].Into != web.Base ||
+		len(dr.Plans[0].Steps) != 1 || len(dr.Plans[0].Volumes) == 0 || !dr.Plans[0].Volumes[0].OK ||
+		len(dr.Plans[0].Configs) != 1 || dr.Plans[0].Configs[0].Config != web.ConfigPath {
+		t.Fatalf("dry run plan: %s", out)
+	}
+	if _, err := os.Stat(web.Leaf); err != nil {
+		t.Fatal("dry run removed the leaf")
+	}
+
+	// A live checkpoint uses db's base: refused (exit 1), nothing changed.
+	code, _, errs := hv(t, "merge", "--yes", "--path-map", pm, db.Leaf)
+	if code != exitError || !strings.Contains(errs, "checkpoint") {
+		t.Fatalf("live checkpoint: exit %d %s", code, errs)
+	}
+	// In use: refused.
+	l, err := lock.File(web.Base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = hv(t, "merge", "--yes", "--path-map", pm, web.Leaf)
+	l.Release()
+	if code != exitError || !strings.Contains(errs, "in use") {
+		t.Fatalf("in use: exit %d %s", code, errs)
+	}
+
+	// The merge.
+	out = mustHV(t, "merge", "--yes", "--path-map", pm, web.Leaf)
+	if !strings.Contains(out, "removed "+web.Leaf) || !strings.Contains(out, "updated "+web.ConfigPath) {
+		t.Fatalf("merge output:\n%s", out)
+	}
+	if got, err := storetest.ChainSHA256(web.Base, web.PathMap); err != nil || got != want {
+		t.Fatalf("merged content: %v", err)
+	}
+	cfg, err := vm.ParseConfig(web.ConfigPath, &vm.ParseOptions{PathMap: web.PathMap})
+	if err != nil || cfg.Disks[0].LocalPath != web.Base {
+		t.Fatalf("config after merge: %v %+v", err, cfg)
+	}
+	mustHV(t, "check", web.Base)
+	if out := mustHV(t, "merge", "--resume", root); !strings.Contains(out, "no interrupted merge") {
+		t.Fatalf("resume with nothing to do: %s", out)
+	}
+	// Usage errors.
+	if code, _, _ := hv(t, "merge"); code != exitUsage {
+		t.Fatalf("merge without DISK: exit %d", code)
+	}
+	if code, _, _ := hv(t, "merge", "--all", root, web.Base); code != exitUsage {
+		t.Fatalf("--all with DISK: exit %d", code)
+	}
+}
+
+func TestCLICleanup(t *testing.T) {
+	root, pm, web, db, orphan := mergeStore(t)
+	want, _ := web.LiveSHA256()
+	dbWant, _ := db.LiveSHA256()
+	dbLeafBefore, _ := os.ReadFile(db.Leaf)
+
+	// Dry run: one merge planned (web), the live checkpoint of db untouched.
+	code, out, errs := hv(t, "cleanup", "--dry-run", "--json", "--path-map", pm, root)
+	if code != exitOK {
+		t.Fatalf("dry run: exit %d %s %s", code, out, errs)
+	}
+	var res struct {
+		DryRun  bool `json:"dry_run"`
+		Done    int  `json:"done"`
+		Actions []struct {
+			Kind, Child, Parent, Status string
+		} `json:"actions"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	if !res.DryRun || res.Done != 1 || len(res.Actions) != 1 || res.Actions[0].Child != web.Leaf || res.Actions[0].Status != "planned" {
+		t.Fatalf("dry run: %s", out)
+	}
+	// Too young for --older-than: nothing to do (exit 4).
+	if code, _, _ := hv(t, "cleanup", "--older-than", "2400h", "--path-map", pm, root); code != exitNothing {
+		t.Fatalf("older-than: exit %d", code)
+	}
+	// Another cleanup running: exit 1.
+	lp := filepath.Join(root, ".hvsnap-cleanup.lock")
+	os.WriteFile(lp, nil, 0o644)
+	l, err := lock.File(lp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = hv(t, "cleanup", "--path-map", pm, root)
+	l.Release()
+	if code != exitError || !strings.Contains(errs, "another hvsnap cleanup") {
+		t.Fatalf("overlap: exit %d %s", code, errs)
+	}
+	// The real run, with a log.
+	logf := filepath.Join(t.TempDir(), "cleanup.jsonl")
+	out = mustHV(t, "cleanup", "--older-than", "720h", "--log", logf, "--path-map", pm, root)
+	if !strings.Contains(out, "done") || !strings.Contains(out, web.Leaf) {
+		t.Fatalf("cleanup output:\n%s", out)
+	}
+	if got, err := storetest.ChainSHA256(web.Base, web.PathMap); err != nil || got != want {
+		t.Fatalf("web content after cleanup: %v", err)
+	}
+	lg, _ := os.ReadFile(logf)
+	if !strings.Contains(string(lg), `"parent_size_before"`) || !strings.Contains(string(lg), `"status":"done"`) {
+		t.Fatalf("log: %s", lg)
+	}
+	// Nothing left to merge; the orphan only goes with --orphans.
+	if code, _, _ := hv(t, "cleanup", "--path-map", pm, root); code != exitNothing {
+		t.Fatalf("second run: exit %d", code)
+	}
+	if _, err := os.Stat(orphan); err != nil {
+		t.Fatal("orphan removed without --orphans")
+	}
+	out = mustHV(t, "cleanup", "--orphans", "--path-map", pm, root)
+	if !strings.Contains(out, "remove orphan "+orphan) {
+		t.Fatalf("orphans: %s", out)
+	}
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Fatal("orphan still there")
+	}
+	// db (live checkpoint) never touched.
+	if got, _ := storetest.ChainSHA256(db.Leaf, db.PathMap); got != dbWant {
+		t.Fatal("db content changed")
+	}
+	if b, _ := os.ReadFile(db.Leaf); string(b) != string(dbLeafBefore) {
+		t.Fatal("db's disk file changed")
+	}
+}
+
+// On a real small volume with too little free space, merge exits 3 with
+// the 0x80070070 message and changes nothing.
+func TestCLIMergeNoSpace(t *testing.T) {
+	vol := storetest.MountTmpfs(t, "64m")
+	web, err := storetest.BuildVM(vol, storetest.VMSpec{Name: "web", Size: 48 << 20, BlockSize: 1 << 20, LiveWriteBytes: 20 << 20,
+		DiskMergePending: true, Checkpoints: []storetest.CheckpointSpec{{Parent: -1, Deleted: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := web.LiveSHA256()
+	// Leave 4 MiB free.
+	f, err := os.Create(filepath.Join(vol, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		fi, _ := f.Stat()
+		if fi.Size() > 64<<20 {
+			break
+		}
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	f.Close()
+	os.Truncate(filepath.Join(vol, "filler"), mustSize(t, filepath.Join(vol, "filler"))-(4<<20))
+	code, out, errs := hv(t, "merge", "--yes", "--margin", "0", "--path-map", storetest.WindowsRoot+"="+vol, web.Leaf)
+	if code != exitFindings || !strings.Contains(errs, "0x80070070") || !strings.Contains(errs, vol) {
+		t.Fatalf("exit %d\n%s%s", code, out, errs)
+	}
+	if got, err := storetest.ChainSHA256(web.Leaf, web.PathMap); err != nil || got != want {
+		t.Fatal("refused merge changed the chain")
+	}
+	code, out, _ = hv(t, "merge", "--dry-run", "--path-map", storetest.WindowsRoot+"="+vol, web.Leaf)
+	if code != exitFindings || !strings.Contains(out, "NOT ENOUGH SPACE") {
+		t.Fatalf("dry run: exit %d\n%s", code, out)
+	}
+}
+
+func mustSize(t *testing.T, p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}

@@ -1,0 +1,103 @@
+package merge
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/hvsnap/hvsnap/internal/storetest"
+	"github.com/hvsnap/hvsnap/space"
+	"github.com/hvsnap/hvsnap/vhd"
+	"github.com/hvsnap/hvsnap/vm"
+)
+
+// A VM whose checkpoint was deleted in Hyper-V (merge pending): hvsnap
+// space predicts the base's growth, the merge grows it by exactly that,
+// the VM's XML configuration then names the base, and the VM's disk reads
+// the same.
+func TestMergePendingVMAndSpacePrediction(t *testing.T) {
+	for _, f := range []vhd.Format{vhd.FormatVHDX, vhd.FormatVHD} {
+		t.Run(string(f), func(t *testing.T) {
+			root := t.TempDir()
+			bv, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", Format: f, Size: 96 * MiB, BlockSize: 1 * MiB,
+				BaseWriteBytes: 8 * MiB, LiveWriteBytes: 12 * MiB, DiskMergePending: true,
+				Checkpoints: []storetest.CheckpointSpec{{Parent: -1, Deleted: true}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(bv.Chain) != 2 {
+				t.Fatalf("chain %v", bv.Chain)
+			}
+			want, err := bv.LiveSHA256()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := space.Analyze(context.Background(), []string{root}, space.Options{PathMap: bv.PathMap, Volumes: bigVolumes})
+			if err != nil {
+				t.Fatal(err)
+			}
+			predicted := int64(-2)
+			for _, d := range rep.Disks {
+				if d.Path == bv.Leaf {
+					predicted = d.MergeGrowth
+				}
+			}
+			o := &Options{PathMap: bv.PathMap, Volumes: bigVolumes}
+			p, err := PlanMerge(bv.Leaf, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Steps[0].Growth != predicted {
+				t.Errorf("plan growth %d, space predicted %d", p.Steps[0].Growth, predicted)
+			}
+			if len(p.Configs) != 1 || p.Configs[0].Config != bv.ConfigPath {
+				t.Fatalf("configs to update: %+v", p.Configs)
+			}
+			before := fileSize(bv.Base)
+			if _, err := Run(p, o, nil); err != nil {
+				t.Fatal(err)
+			}
+			grew := fileSize(bv.Base) - before
+			if f == vhd.FormatVHDX && grew != predicted {
+				t.Errorf("base grew %d, space predicted %d", grew, predicted)
+			}
+			if f == vhd.FormatVHD && (grew > predicted || predicted-grew > predicted/8+4096) {
+				t.Errorf("base grew %d, space predicted %d (VHD: an upper bound within alignment padding)", grew, predicted)
+			}
+			got, err := storetest.ChainSHA256(bv.Base, bv.PathMap)
+			if err != nil || got != want {
+				t.Fatalf("base content after merge: %v %s want %s", err, got, want)
+			}
+			cfg, err := vm.ParseConfig(bv.ConfigPath, &vm.ParseOptions{PathMap: bv.PathMap})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cfg.Disks) != 1 || cfg.Disks[0].LocalPath != bv.Base {
+				t.Fatalf("config names %+v, want the base %s", cfg.Disks, bv.Base)
+			}
+			if !strings.EqualFold(cfg.Disks[0].WindowsPath, bv.WindowsPath[bv.Base]) {
+				t.Errorf("config Windows path %q, want %q", cfg.Disks[0].WindowsPath, bv.WindowsPath[bv.Base])
+			}
+			if _, err := os.Stat(bv.Leaf); !os.IsNotExist(err) {
+				t.Error("merged leaf still exists")
+			}
+		})
+	}
+}
+
+// A checkpoint that still exists names the base: merging the live disk
+// into it would destroy the checkpoint's state, so the merge is refused.
+func TestMergeRefusesLiveCheckpoint(t *testing.T) {
+	root := t.TempDir()
+	bv, err := storetest.BuildVM(root, storetest.VMSpec{Name: "db", LiveWriteBytes: 2 * MiB,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = PlanMerge(bv.Leaf, &Options{PathMap: bv.PathMap, Volumes: bigVolumes})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "checkpoint") {
+		t.Fatalf("got %v", err)
+	}
+}
