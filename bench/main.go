@@ -7,16 +7,21 @@
 //     offsets) to raw: `hvsnap convert` vs `qemu-img convert -f vhdx -O raw`.
 //   - chain: reading a 6-deep VHDX chain (the same amount of data spread
 //     over the layers) vs reading its flattened disk, both to /dev/null.
+//   - merge: a 1 GiB differencing child (whole 2 MiB blocks and partial
+//     blocks) merged into a 4 GiB dynamic VHDX parent: `hvsnap merge` vs
+//     `qemu-img commit` of the equivalent qcow2 chain (+ sync) and `cp` of
+//     the same number of bytes (+ sync); every run from pristine copies.
 //   - space: a synthetic store of --space-vms VMs (3-10 sparse checkpoint
 //     disks each, XML configs, ~50 small config/state/log files per VM):
 //     `hvsnap space --json ROOT > /dev/null` vs `du -s ROOT`, warm cache
 //     (one untimed run of each first). When `hvsnap space` fails the
 //     scenario prints "space: not measured (...)" and the bench goes on.
 //
-// --only convert,chain,space runs some scenarios (default: all).
+// --only convert,chain,merge,space runs some scenarios (default: all).
 //
 // Targets (from the issues): convert ratio ≤ 1.0, chain ratio ≤ 1.2, peak
-// RSS of every convert/read/check run < 64 MiB; space ratio ≤ 1.0 and its
+// RSS of every convert/read/check run < 64 MiB; merge faster than qemu-img
+// commit and within 1.5x of cp, peak RSS < 64 MiB; space ratio ≤ 1.0 and its
 // peak RSS < 200 MiB. --strict exits 1 when one is missed.
 package main
 
@@ -52,14 +57,14 @@ func main() {
 	strict := flag.Bool("strict", false, "exit 1 when a target is missed")
 	keep := flag.Bool("keep", false, "keep the scratch folder")
 	out := flag.String("out", "bench/out/results.json", "where to write the JSON results")
-	only := flag.String("only", "", "comma-separated scenarios to run: convert, chain, space (default: all)")
+	only := flag.String("only", "", "comma-separated scenarios to run: convert, chain, merge, space (default: all)")
 	spaceVMs := flag.Int("space-vms", 200, "space: VMs in the synthetic store")
 	spaceVirt := flag.String("space-virtual", "1G", "space: virtual size of each disk (sparse)")
 	flag.Parse()
 	want := map[string]bool{}
 	for _, n := range strings.Split(*only, ",") {
 		if n = strings.TrimSpace(n); n != "" {
-			if n != "convert" && n != "chain" && n != "space" {
+			if n != "convert" && n != "chain" && n != "merge" && n != "space" {
 				fatal("--only: unknown scenario " + n)
 			}
 			want[n] = true
@@ -136,6 +141,10 @@ func main() {
 		res = append(res, measure("info+check/chain6", *runs, 0, nil, "sh", "-c", fmt.Sprintf("%q -q check %q > /dev/null", hv, leaf)))
 	}
 
+	if run("merge") {
+		res = append(res, runMerge(hv, dir, *runs, vs, rng)...)
+	}
+
 	// 3. The space analyzer on a synthetic store, against du.
 	var spaceErr error
 	if run("space") {
@@ -168,10 +177,25 @@ func main() {
 		cr := by["read/chain6"].Seconds / by["read/flat"].Seconds
 		fmt.Printf("chain read ratio 6-deep/flat = %.2f (target ≤ 1.20) %s\n", cr, verdict(cr <= 1.2, &missed))
 	}
+	if run("merge") {
+		h := by["merge/hvsnap"]
+		cr := h.Seconds / by["merge/cp+sync"].Seconds
+		fmt.Printf("merge ratio hvsnap/(cp + sync) = %.2f (target ≤ 1.50) %s\n", cr, verdict(cr <= 1.5, &missed))
+		summary["merge_cp_ratio"] = cr
+		if q, ok := by["merge/qemu-img-commit+sync"]; ok {
+			qr := h.Seconds / q.Seconds
+			fmt.Printf("merge ratio hvsnap/(qemu-img commit + sync) = %.2f (target < 1.00) %s\n", qr, verdict(qr < 1.0, &missed))
+			summary["merge_qemu_ratio"] = qr
+		} else {
+			fmt.Println("merge ratio vs qemu-img commit: qemu-img not installed, not measured")
+		}
+		fmt.Printf("merge peak RSS = %.1f MiB (target < 64 MiB) %s\n", float64(h.MaxRSS)/(1<<20), verdict(h.MaxRSS < 64<<20, &missed))
+		summary["merge_max_rss_bytes"] = h.MaxRSS
+	}
 	if run("convert") || run("chain") {
 		var maxRSS int64
 		for _, r := range res {
-			if !strings.Contains(r.Name, "qemu-img") && !strings.HasPrefix(r.Name, "space/") && r.MaxRSS > maxRSS {
+			if !strings.Contains(r.Name, "qemu-img") && !strings.HasPrefix(r.Name, "space/") && !strings.HasPrefix(r.Name, "merge/") && r.MaxRSS > maxRSS {
 				maxRSS = r.MaxRSS
 			}
 		}

@@ -772,3 +772,20 @@ func (im *Image) SetDataWriteGUID(g GUID) error {
 func ParentFor(childPath string, parent *Image, pm PathMap) (*NewParent, error) {
 	return newParentFor(childPath, parent, pm)
 }
+
+// SetWriteBatch lets block allocations of several writes share one
+// metadata update (VHDX: one log transaction) until max bytes were
+// allocated, or until Flush or Close; max <= 0 turns batching off and
+// commits what is pending. A crash loses the batched writes not yet
+// committed (never anything older: the file stays consistent), so callers
+// that can repeat their writes — a merge — use it to avoid a flush per
+// block. VHD: no effect.
+func (im *Image) SetWriteBatch(max int64) error {
+	if !im.rw {
+		return newErr(im.path, ErrReadOnly, "read-only", "opened read-only")
+	}
+	if s, ok := im.b.(interface{ setWriteBatch(int64) error }); ok {
+		return s.setWriteBatch(max)
+	}
+	return nil
+}

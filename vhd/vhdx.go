@@ -50,6 +50,14 @@ type vxBackend struct {
 	logFull bool // LogLength 0: no log to write through
 
 	scanBudget int64 // bytes the log scan may still read
+
+	// Batched allocation (SetWriteBatch): block allocations of several
+	// writes share one log transaction, committed when batchMax bytes were
+	// allocated, the transaction grows large, or on flush/close.
+	batchMax  int64
+	pend      *vxTxn
+	pendBytes int64
+	pendSync  bool
 }
 
 func (b *vxBackend) corrupt(code, format string, args ...any) error {
@@ -103,6 +111,12 @@ func (b *vxBackend) readMeta(p []byte, off int64) error {
 // getPage returns the (read-only) 4 KiB page at off, which lies inside the
 // structure [lo, hi); misses read up to 64 KiB of that structure.
 func (b *vxBackend) getPage(off, lo, hi int64) ([]byte, error) {
+	if b.pend != nil {
+		// A batched transaction not committed yet: this session sees it.
+		if pg, ok := b.pend.pages[off]; ok {
+			return pg, nil
+		}
+	}
 	if pg := b.cache.get(off); pg != nil {
 		return pg, nil
 	}
@@ -757,6 +771,7 @@ func (b *vxBackend) writeAt(p []byte, off int64, parent io.ReaderAt) error {
 			if b.failed == nil {
 				b.failed = err
 			}
+			b.pend = nil // its blocks were never linked: the file is as before them
 			b.cache.reset()
 			if sz, e2 := b.f.Size(); e2 == nil {
 				b.realSize = max(sz, b.realSize)
@@ -785,8 +800,12 @@ func vxReadParent(parent io.ReaderAt, p []byte, off int64) error {
 
 func (b *vxBackend) writeWindow(p []byte, off int64, parent io.ReaderAt) error {
 	g := &b.geo
-	t := b.newTxn()
+	t := b.pend
+	if t == nil {
+		t = b.newTxn()
+	}
 	needSync := false
+	var allocated int64
 	var chunkBuf []byte
 	end := off + int64(len(p))
 	for cur := off; cur < end; {
@@ -862,6 +881,7 @@ func (b *vxBackend) writeWindow(p []byte, off int64, parent io.ReaderAt) error {
 			}
 			b.realSize = newOff + g.bs
 			b.effSize = max(b.effSize, b.realSize)
+			allocated += g.bs
 			needSync = true
 			if err := b.txnSetBAT(t, idx, uint64(newOff)|vxFull); err != nil {
 				return err
@@ -869,12 +889,57 @@ func (b *vxBackend) writeWindow(p []byte, off int64, parent io.ReaderAt) error {
 		}
 		cur += n
 	}
+	if b.batchMax > 0 {
+		b.pend = t
+		b.pendSync = b.pendSync || needSync
+		b.pendBytes += allocated
+		if b.pendBytes >= b.batchMax || len(t.order) >= vxBatchPages {
+			return b.commitPending()
+		}
+		return nil
+	}
 	if needSync {
 		if err := b.f.Sync(); err != nil {
 			return b.ioErr(err)
 		}
 	}
 	return b.commit(t)
+}
+
+// vxBatchPages bounds a batched transaction (a 1 MiB log takes entries of
+// up to 256 KiB: 4 KiB descriptor sectors plus one sector per page).
+const vxBatchPages = 48
+
+// commitPending flushes the data of a batched transaction, then commits it
+// through the log (the same order as an unbatched write).
+func (b *vxBackend) commitPending() error {
+	t := b.pend
+	if t == nil {
+		return nil
+	}
+	if b.pendSync {
+		if err := b.f.Sync(); err != nil {
+			b.pend = nil
+			if b.failed == nil {
+				b.failed = b.ioErr(err)
+			}
+			return b.ioErr(err)
+		}
+	}
+	b.pend, b.pendBytes, b.pendSync = nil, 0, false
+	return b.commit(t)
+}
+
+// setWriteBatch turns batched allocation on (max > 0) or off (committing
+// what is pending).
+func (b *vxBackend) setWriteBatch(max int64) error {
+	if max <= 0 {
+		err := b.commitPending()
+		b.batchMax = 0
+		return err
+	}
+	b.batchMax = max
+	return nil
 }
 
 // ---------------------------------------------------------------------------
@@ -969,6 +1034,9 @@ func (b *vxBackend) flush() error {
 	if !b.rw || b.closed {
 		return nil
 	}
+	if b.pend != nil {
+		return b.commitPending()
+	}
 	return b.ioErr(b.f.Sync())
 }
 
@@ -978,6 +1046,9 @@ func (b *vxBackend) close() error {
 	}
 	b.closed = true
 	var first error
+	if b.rw && b.failed == nil && b.pend != nil {
+		first = b.commitPending()
+	}
 	if b.rw && b.failed == nil && (b.fwDone || !b.hdr.LogGUID.IsZero()) {
 		if err := b.f.Sync(); err != nil {
 			first = b.ioErr(err)
