@@ -259,12 +259,7 @@ func (e *exporter) archive() (res *Result, err error) {
 	}
 	tw := pkgfmt.NewTarWriter(zw)
 	now := time.Now()
-	writeDoc := func(name string, v any) error {
-		b, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			return err
-		}
-		b = append(b, '\n')
+	writeDoc := func(name string, b []byte) error {
 		if err := tw.WriteHeader(&pkgfmt.TarHeader{Name: e.p.root + "/" + name, Size: int64(len(b)), ModTime: now}); err != nil {
 			return err
 		}
@@ -279,7 +274,13 @@ func (e *exporter) archive() (res *Result, err error) {
 		}
 		return fmt.Errorf("export: writing %s: %w", o.To, err)
 	}
-	if err := writeDoc(pkgfmt.ListingName, l); err != nil {
+	lb, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	lb = append(lb, '\n')
+	e.m.ListingSHA256 = pkgfmt.SumHex(lb)
+	if err := writeDoc(pkgfmt.ListingName, lb); err != nil {
 		return nil, wrap(err)
 	}
 	for i, it := range e.p.items {
@@ -289,7 +290,11 @@ func (e *exporter) archive() (res *Result, err error) {
 		}
 		e.m.Files = append(e.m.Files, fi)
 	}
-	if err := writeDoc(pkgfmt.ManifestName, e.m); err != nil {
+	mb, err := pkgfmt.SealManifest(e.m)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeDoc(pkgfmt.ManifestName, mb); err != nil {
 		return nil, wrap(err)
 	}
 	if err := tw.Close(); err != nil {
@@ -497,7 +502,9 @@ func (e *exporter) folder() (*Result, error) {
 			l.Total += st.Size()
 		}
 		b, _ := json.MarshalIndent(l, "", "  ")
-		if err := writeFileAtomic(filepath.Join(pkgDir, pkgfmt.ListingName), append(b, '\n')); err != nil {
+		b = append(b, '\n')
+		e.m.ListingSHA256 = pkgfmt.SumHex(b)
+		if err := writeFileAtomic(filepath.Join(pkgDir, pkgfmt.ListingName), b); err != nil {
 			return nil, fmt.Errorf("export: %w", err)
 		}
 	}
@@ -528,8 +535,11 @@ func (e *exporter) folder() (*Result, error) {
 		e.m.Files = append(e.m.Files, fileInfo(it, st.Size(), sum, st.ModTime()))
 	}
 	// 4. The manifest marks the package complete.
-	b, _ := json.MarshalIndent(e.m, "", "  ")
-	if err := writeFileAtomic(filepath.Join(pkgDir, pkgfmt.ManifestName), append(b, '\n')); err != nil {
+	b, err := pkgfmt.SealManifest(e.m)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(pkgDir, pkgfmt.ManifestName), b); err != nil {
 		return nil, fmt.Errorf("export: %w", err)
 	}
 	os.Remove(jpath)

@@ -435,6 +435,17 @@ func (im *importer) copyHash(h hash.Hash, out *os.File, r io.Reader, p, srcName 
 
 var zeros = make([]byte, 64<<10)
 
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeros))
+		if !bytes.Equal(b[:n], zeros[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
 // writeSparse writes b at off, leaving 64 KiB zero runs unwritten (holes;
 // the file's length is set at the end).
 func writeSparse(f *os.File, b []byte, off int64) error {
@@ -552,12 +563,13 @@ func (im *importer) archive(in io.Reader, srcName string) (*Result, error) {
 	if h.Size > pkgfmt.MaxListingSize {
 		return nil, bad("%s: listing of %d bytes (limit %d)", srcName, h.Size, pkgfmt.MaxListingSize)
 	}
+	lb, err := io.ReadAll(tr)
+	if err != nil {
+		return nil, im.readErr("the listing", srcName, int64(len(lb)), h.Size, err)
+	}
 	var l pkgfmt.Listing
-	if err := pkgfmt.ReadJSON(tr, pkgfmt.MaxListingSize, &l, "the listing"); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("import: %s ends inside the listing: %w", srcName, ErrTruncated)
-		}
-		return nil, bad("%s: %v", srcName, err)
+	if err := json.Unmarshal(lb, &l); err != nil {
+		return nil, bad("%s: the listing is not valid JSON: %v", srcName, err)
 	}
 	if err := pkgfmt.CheckListing(&l); err != nil {
 		return nil, bad("%s: %v", srcName, err)
@@ -587,6 +599,9 @@ func (im *importer) archive(in io.Reader, srcName string) (*Result, error) {
 		if h.Name != want {
 			return nil, bad("%s: entry %d is %q, the listing says %q", srcName, i+2, h.Name, want)
 		}
+		if h.Size > f.Size {
+			return nil, bad("%s: entry %q is %d bytes, the listing says %d (decompression bomb?)", srcName, h.Name, h.Size, f.Size)
+		}
 		if h.Size != f.Size {
 			return nil, bad("%s: entry %q is %d bytes, the listing says %d", srcName, h.Name, h.Size, f.Size)
 		}
@@ -607,14 +622,18 @@ func (im *importer) archive(in io.Reader, srcName string) (*Result, error) {
 	if h.Size > pkgfmt.MaxManifestSize {
 		return nil, bad("%s: manifest of %d bytes (limit %d)", srcName, h.Size, pkgfmt.MaxManifestSize)
 	}
-	var m pkgfmt.Manifest
-	if err := pkgfmt.ReadJSON(tr, pkgfmt.MaxManifestSize, &m, "the manifest"); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("import: %s ends inside the manifest: %w", srcName, ErrTruncated)
-		}
+	mb, err := io.ReadAll(tr)
+	if err != nil {
+		return nil, im.readErr("the manifest", srcName, int64(len(mb)), h.Size, err)
+	}
+	m, err := pkgfmt.OpenManifest(mb)
+	if err != nil {
 		return nil, bad("%s: %v", srcName, err)
 	}
-	if err := pkgfmt.CheckManifest(&m, &l); err != nil {
+	if m.ListingSHA256 != pkgfmt.SumHex(lb) {
+		return nil, bad("%s: the listing's SHA-256 differs from the manifest's (damaged listing)", srcName)
+	}
+	if err := pkgfmt.CheckManifest(m, &l); err != nil {
 		return nil, bad("%s: %v", srcName, err)
 	}
 	if _, err := tr.Next(); err != io.EOF {
@@ -626,7 +645,26 @@ func (im *importer) archive(in io.Reader, srcName string) (*Result, error) {
 		}
 		return nil, fmt.Errorf("import: %s: the end of the archive is missing (%v): %w", srcName, err, ErrTruncated)
 	}
-	return im.finish(&m)
+	// The rest of the stream is the tar record's zero padding and the end
+	// of the LZ4 frame, whose content checksum is verified on the way.
+	lim.max = lim.n + 1<<20
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := lim.Read(buf)
+		if !isZero(buf[:n]) {
+			return nil, bad("%s: data follows the end of the archive", srcName)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, ErrBadPackage) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("import: %s: the end of the archive is missing (%v): %w", srcName, err, ErrTruncated)
+		}
+	}
+	return im.finish(m)
 }
 
 // lz4Errs marks LZ4 frame damage as a bad package (a corrupt block, a
@@ -721,23 +759,39 @@ func (im *importer) folder(dir string) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	var m pkgfmt.Manifest
-	err = pkgfmt.ReadJSON(mf, pkgfmt.MaxManifestSize, &m, "the manifest")
+	mb, err := io.ReadAll(io.LimitReader(mf, pkgfmt.MaxManifestSize+1))
 	mf.Close()
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	if len(mb) > pkgfmt.MaxManifestSize {
+		return nil, bad("%s: manifest larger than %d bytes", pkg, pkgfmt.MaxManifestSize)
+	}
+	m, err := pkgfmt.OpenManifest(mb)
 	if err != nil {
 		return nil, bad("%s: %v", pkg, err)
 	}
 	var lp *pkgfmt.Listing
-	if lf, _, err := openInside(pkg, pkgfmt.ListingName); err == nil {
-		var l pkgfmt.Listing
-		err = pkgfmt.ReadJSON(lf, pkgfmt.MaxListingSize, &l, "the listing")
+	if m.ListingSHA256 != "" {
+		lf, _, err := openInside(pkg, pkgfmt.ListingName)
+		if err != nil {
+			return nil, err
+		}
+		lb, err := io.ReadAll(io.LimitReader(lf, pkgfmt.MaxListingSize+1))
 		lf.Close()
 		if err != nil {
-			return nil, bad("%s: %v", pkg, err)
+			return nil, fmt.Errorf("import: %w", err)
+		}
+		if pkgfmt.SumHex(lb) != m.ListingSHA256 {
+			return nil, bad("%s: the listing's SHA-256 differs from the manifest's (damaged listing)", pkg)
+		}
+		var l pkgfmt.Listing
+		if err := json.Unmarshal(lb, &l); err != nil {
+			return nil, bad("%s: the listing is not valid JSON: %v", pkg, err)
 		}
 		lp = &l
 	}
-	if err := pkgfmt.CheckManifest(&m, lp); err != nil {
+	if err := pkgfmt.CheckManifest(m, lp); err != nil {
 		return nil, bad("%s: %v", pkg, err)
 	}
 	files := make([]pkgfmt.ListingFile, len(m.Files))
@@ -759,7 +813,7 @@ func (im *importer) folder(dir string) (*Result, error) {
 			return nil, err
 		}
 	}
-	return im.finish(&m)
+	return im.finish(m)
 }
 
 func (im *importer) folderFile(pkg string, f pkgfmt.FileInfo) error {

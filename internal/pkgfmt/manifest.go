@@ -17,6 +17,9 @@
 package pkgfmt
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -79,15 +82,19 @@ type ListingFile struct {
 
 // Manifest describes a complete package (the last entry of an archive).
 type Manifest struct {
-	Schema  int       `json:"schema"`
-	Tool    string    `json:"tool"`
-	Created time.Time `json:"created"`
+	// Checksum: see SealManifest (always the first field).
+	Checksum string    `json:"checksum"`
+	Schema   int       `json:"schema"`
+	Tool     string    `json:"tool"`
+	Created  time.Time `json:"created"`
 	// Kind is "vm" (a VM with its configurations) or "disk" (one chain).
 	Kind   string     `json:"kind"`
 	Root   string     `json:"root"`
 	Source Source     `json:"source"`
 	VM     *VMInfo    `json:"vm,omitempty"`
 	Files  []FileInfo `json:"files"`
+	// ListingSHA256 is the SHA-256 of the listing file's bytes.
+	ListingSHA256 string `json:"listing_sha256"`
 }
 
 // Source says where a package was made from.
@@ -349,4 +356,60 @@ func CheckManifest(m *Manifest, l *Listing) error {
 		}
 	}
 	return nil
+}
+
+// checksumKey starts the manifest's checksum field; the value is the
+// SHA-256 of the document's bytes with the value itself written as 64
+// zeros, so that any changed byte of the file is detected (not only the
+// values a JSON decoder reads back).
+const checksumKey = `"checksum": "`
+
+var zeroSum = strings.Repeat("0", 64)
+
+// SealManifest renders m as the manifest file, with its checksum.
+func SealManifest(m *Manifest) ([]byte, error) {
+	m.Checksum = zeroSum
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, '\n')
+	i := bytes.Index(b, []byte(checksumKey+zeroSum))
+	if i < 0 {
+		return nil, fmt.Errorf("manifest: checksum field not found")
+	}
+	sum := sha256.Sum256(b)
+	m.Checksum = hex.EncodeToString(sum[:])
+	copy(b[i+len(checksumKey):], m.Checksum)
+	return b, nil
+}
+
+// OpenManifest parses a manifest file and verifies its checksum.
+func OpenManifest(b []byte) (*Manifest, error) {
+	i := bytes.Index(b, []byte(checksumKey))
+	if i < 0 || len(b) < i+len(checksumKey)+64 {
+		return nil, fmt.Errorf("the manifest has no checksum")
+	}
+	v := i + len(checksumKey)
+	got := string(b[v : v+64])
+	c := append([]byte(nil), b...)
+	copy(c[v:], zeroSum)
+	sum := sha256.Sum256(c)
+	if hex.EncodeToString(sum[:]) != got {
+		return nil, fmt.Errorf("the manifest's checksum does not match its content (damaged manifest)")
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("the manifest is not valid JSON: %v", err)
+	}
+	if m.Checksum != got {
+		return nil, fmt.Errorf("the manifest's checksum field is ambiguous")
+	}
+	return &m, nil
+}
+
+// SumHex is the hex SHA-256 of b.
+func SumHex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }
