@@ -708,13 +708,29 @@ func findPackage(dir string) (string, error) {
 	case 1:
 		return found[0], nil
 	case 0:
-		if _, err := os.Lstat(filepath.Join(dir, ".hvsnap-export.json")); err == nil {
+		unfinished := false
+		for _, d := range append([]string{dir}, subdirs(ents, dir)...) {
+			if _, err := os.Lstat(filepath.Join(d, ".hvsnap-export.json")); err == nil {
+				unfinished = true
+			}
+		}
+		if unfinished {
 			return "", bad("%s is an interrupted export (no %s): finish it with hvsnap export --resume", dir, pkgfmt.ManifestName)
 		}
 		return "", bad("%s holds no %s (not an hvsnap package, or an unfinished export)", dir, pkgfmt.ManifestName)
 	default:
 		return "", fmt.Errorf("import: %s holds %d packages (%s); give one", dir, len(found), strings.Join(found, ", "))
 	}
+}
+
+func subdirs(ents []os.DirEntry, dir string) []string {
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	return out
 }
 
 // openInside opens rel inside dir refusing symlinks (and anything not a
