@@ -3,21 +3,27 @@
 // faster) and peak memory. Run it with `make bench`; it is not a test.
 //
 // Scenarios:
+//
 //   - convert: a dynamic VHDX (4 GiB virtual, ~1 GiB written at scattered
 //     offsets) to raw: `hvsnap convert` vs `qemu-img convert -f vhdx -O raw`.
+//
 //   - chain: reading a 6-deep VHDX chain (the same amount of data spread
 //     over the layers) vs reading its flattened disk, both to /dev/null.
+//
 //   - merge: a 1 GiB differencing child (whole 2 MiB blocks and partial
 //     blocks) merged into a 4 GiB dynamic VHDX parent: `hvsnap merge` vs
 //     `qemu-img commit` of the equivalent qcow2 chain (+ sync) and `cp` of
 //     the same number of bytes (+ sync); every run from pristine copies.
+//
 //   - space: a synthetic store of --space-vms VMs (3-10 sparse checkpoint
 //     disks each, XML configs, ~50 small config/state/log files per VM):
 //     `hvsnap space --json ROOT > /dev/null` vs `du -s ROOT`, warm cache
 //     (one untimed run of each first). When `hvsnap space` fails the
 //     scenario prints "space: not measured (...)" and the bench goes on.
 //
-// --only convert,chain,merge,space runs some scenarios (default: all).
+//   - export, import: see bench/export.go.
+//
+// --only convert,chain,merge,space,export,import runs some scenarios (default: all).
 //
 // Targets (from the issues): convert ratio ≤ 1.0, chain ratio ≤ 1.2, peak
 // RSS of every convert/read/check run < 64 MiB; merge faster than qemu-img
@@ -57,14 +63,14 @@ func main() {
 	strict := flag.Bool("strict", false, "exit 1 when a target is missed")
 	keep := flag.Bool("keep", false, "keep the scratch folder")
 	out := flag.String("out", "bench/out/results.json", "where to write the JSON results")
-	only := flag.String("only", "", "comma-separated scenarios to run: convert, chain, merge, space (default: all)")
+	only := flag.String("only", "", "comma-separated scenarios to run: convert, chain, merge, space, export, import (default: all)")
 	spaceVMs := flag.Int("space-vms", 200, "space: VMs in the synthetic store")
 	spaceVirt := flag.String("space-virtual", "1G", "space: virtual size of each disk (sparse)")
 	flag.Parse()
 	want := map[string]bool{}
 	for _, n := range strings.Split(*only, ",") {
 		if n = strings.TrimSpace(n); n != "" {
-			if n != "convert" && n != "chain" && n != "merge" && n != "space" {
+			if n != "convert" && n != "chain" && n != "merge" && n != "space" && n != "export" && n != "import" {
 				fatal("--only: unknown scenario " + n)
 			}
 			want[n] = true
@@ -153,6 +159,15 @@ func main() {
 		res = append(res, sr...)
 	}
 
+	// 4. export / import (bench/export.go).
+	var exportErr error
+	var exportSum map[string]any
+	if run("export") || run("import") {
+		var er []result
+		er, exportSum, exportErr = runExportBench(hv, dir, 4<<30, 1536<<20, *runs, run)
+		res = append(res, er...)
+	}
+
 	fmt.Printf("\n%-20s %9s %10s %9s  %s\n", "scenario", "best s", "MB/s", "max RSS", "command")
 	for _, r := range res {
 		fmt.Printf("%-20s %9.3f %10.1f %7.1fMi  %s\n", r.Name, r.Seconds, r.MBps, float64(r.MaxRSS)/(1<<20), r.Command)
@@ -213,6 +228,9 @@ func main() {
 			summary["space_ratio"] = ratio
 			summary["space_max_rss_bytes"] = h.MaxRSS
 		}
+	}
+	if run("export") || run("import") {
+		reportExport(by, exportSum, exportErr, summary, &missed)
 	}
 	if *out != "" {
 		os.MkdirAll(filepath.Dir(*out), 0o755)

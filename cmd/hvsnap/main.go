@@ -64,6 +64,8 @@ Exit codes: 0 ok, 1 error, 2 usage error, 3 findings (check).`,
 			cmdSpace(),
 			cmdMerge(),
 			cmdCleanup(),
+			cmdExport(),
+			cmdImport(),
 		},
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return usagef("%v (see hvsnap --help)", err)
