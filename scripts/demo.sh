@@ -57,5 +57,15 @@ mkdir moved && mv disk.vhd moved/
 hvsnap check 'disk_0D2F9E11-0000-4000-8000-000000000001.avhd' || echo "(exit $? — the parent is missing, as expected)"
 run hvsnap reparent --parent moved/disk.vhd 'disk_0D2F9E11-0000-4000-8000-000000000001.avhd'
 run hvsnap check 'disk_0D2F9E11-0000-4000-8000-000000000001.avhd'
+
+step "8. Merge the middle checkpoint into the base (a deleted checkpoint's pending merge)"
+run hvsnap merge --dry-run 'base_6F1C2D3E-0000-4000-8000-000000000001.avhdx'
+run hvsnap merge --yes 'base_6F1C2D3E-0000-4000-8000-000000000001.avhdx'
+after=$(hvsnap convert 'base_6F1C2D3E-0000-4000-8000-000000000002.avhdx' - | sha256sum | cut -c1-16)
+echo "sha256 of the VM's disk before=$chain_sum after=$after"
+[ "$chain_sum" = "$after" ] || { echo "MISMATCH"; exit 1; }
+hvsnap info --chain 'base_6F1C2D3E-0000-4000-8000-000000000002.avhdx' | sed -n '/^Resolved parent/p;/^Chain/,/^$/p'
+run hvsnap check 'base_6F1C2D3E-0000-4000-8000-000000000002.avhdx'
+
 echo
 echo "demo finished: every step above ran on files in $work (removed now)"
