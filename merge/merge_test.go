@@ -406,3 +406,75 @@ func fillSpec(path string, s vhd.CreateSpec) vhd.CreateSpec {
 	}
 	return s
 }
+
+// A parent made by qemu-img: its unwritten blocks are in the ZERO state
+// (block_state_zero), and child data lands on them. Also a child with
+// partially present VHD blocks over it is covered by the matrix above.
+func TestMergeIntoQemuZeroBlocks(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed (apt-get install qemu-utils): ZERO-state parent test skipped")
+	}
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "seed.raw")
+	rng := rand.New(rand.NewSource(42))
+	content := make([]byte, 40*MiB)
+	for i := 0; i < 6; i++ {
+		off := rng.Intn(38) * MiB
+		rng.Read(content[off : off+MiB+rng.Intn(MiB)])
+	}
+	if err := os.WriteFile(raw, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(dir, "base.vhdx")
+	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "vhdx", "-o", "subformat=dynamic,block_size=1M", raw, base).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v %s", err, out)
+	}
+	im, err := vhd.Open(base, &vhd.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := int64(0)
+	im.Extents(func(r vhd.Run) error {
+		if r.State == vhd.StateZero {
+			zero += r.Len
+		}
+		return nil
+	})
+	im.Close()
+	if zero == 0 {
+		t.Fatal("qemu-img made no ZERO blocks: the test would not test them")
+	}
+	child := filepath.Join(dir, "c.avhdx")
+	ci, err := vhd.Create(child, fillSpec(child, vhd.CreateSpec{Parent: base, BlockSize: 2 * MiB}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci.Close()
+	m := &model{data: content}
+	writeRandom(t, child, m, rng, 40, 512)
+	if got := chainBytes(t, child); !bytes.Equal(got, m.data) {
+		t.Fatal("model mismatch before merge")
+	}
+	o := &Options{Volumes: bigVolumes, Roots: []string{dir}}
+	p, err := PlanMerge(child, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(p, o, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := chainBytes(t, base); !bytes.Equal(got, m.data) {
+		t.Fatalf("merged base differs at %d", firstDiff(got, m.data))
+	}
+	checkClean(t, base)
+	// qemu-img reads the merged (hvsnap-written) base the same.
+	out := filepath.Join(dir, "out.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-f", "vhdx", "-O", "raw", base, out).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v %s", err, b)
+	}
+	got, _ := os.ReadFile(out)
+	if !bytes.Equal(got, m.data) {
+		t.Fatalf("qemu-img reads the merged base differently at %d", firstDiff(got, m.data))
+	}
+	oracleCompare(t, base, m.data)
+}
