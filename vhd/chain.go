@@ -175,10 +175,34 @@ func OpenChain(path string, opts *Options) (*Chain, error) {
 
 // resolveParent finds, opens (read-only) and validates the parent of cur.
 func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInfo) (*Image, Link, []Finding, error) {
-	cinf := cur.Info()
-	cands := parentCandidates(cur.Path(), loc, o.PathMap)
+	open := func(path string) (parentDisk, error) {
+		p, err := Open(path, &Options{ReadOnly: true, Wrap: o.Wrap})
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	p, link, warn, err := resolveParentWith(cur.Path(), cur.Info(), loc, o, seen, open)
+	if err != nil {
+		return nil, link, warn, err
+	}
+	return p.(*Image), link, warn, nil
+}
+
+// parentDisk is a candidate parent: an open *Image, or a description of one
+// (ResolveParentOf).
+type parentDisk interface {
+	Path() string
+	Info() Info
+	Close() error
+}
+
+// resolveParentWith is the resolution of resolveParent over candidates that
+// open returns (the error Open would give when one cannot be opened).
+func resolveParentWith(curPath string, cinf Info, loc *ParentLocator, o *Options, seen []os.FileInfo, open func(path string) (parentDisk, error)) (parentDisk, Link, []Finding, error) {
+	cands := parentCandidates(curPath, loc, o.PathMap)
 	var tried []string
-	var mismatch *Image
+	var mismatch parentDisk
 	var mismatchVia string
 	var openErr error
 	for _, cand := range cands {
@@ -192,10 +216,10 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 				if mismatch != nil {
 					mismatch.Close()
 				}
-				return nil, Link{}, nil, newErr(cur.Path(), ErrChainCycle, "chain-cycle", "parent %s is already in the chain (cycle)", cand.path)
+				return nil, Link{}, nil, newErr(curPath, ErrChainCycle, "chain-cycle", "parent %s is already in the chain (cycle)", cand.path)
 			}
 		}
-		p, err := Open(cand.path, &Options{ReadOnly: true, Wrap: o.Wrap})
+		p, err := open(cand.path)
 		if err != nil {
 			tried = append(tried, cand.path)
 			if openErr == nil {
@@ -208,7 +232,7 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 			if mismatch != nil {
 				mismatch.Close()
 			}
-			return finishLink(cur, p, cand.via, true, loc)
+			return finishLink(curPath, cinf, p, cand.via, true, loc)
 		}
 		if mismatch == nil {
 			mismatch, mismatchVia = p, cand.via
@@ -218,11 +242,11 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 	}
 	if mismatch != nil {
 		if o.IgnoreLinkage {
-			return finishLink(cur, mismatch, mismatchVia, false, loc)
+			return finishLink(curPath, cinf, mismatch, mismatchVia, false, loc)
 		}
 		pinf := mismatch.Info()
 		mismatch.Close()
-		return nil, Link{}, nil, newErr(cur.Path(), ErrParentMismatch, "linkage-mismatch",
+		return nil, Link{}, nil, newErr(curPath, ErrParentMismatch, "linkage-mismatch",
 			"parent %s does not match: %s", pinf.Path, describeMismatch(cinf, loc, pinf))
 	}
 	if openErr != nil {
@@ -231,9 +255,9 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 		if errors.As(openErr, &e) {
 			msg = e.Error()
 		}
-		return nil, Link{}, nil, &Error{Path: cur.Path(), Code: "parent-unreadable", Msg: "parent cannot be opened: " + msg, Err: openErr}
+		return nil, Link{}, nil, &Error{Path: curPath, Code: "parent-unreadable", Msg: "parent cannot be opened: " + msg, Err: openErr}
 	}
-	return nil, Link{}, nil, newErr(cur.Path(), ErrParentNotFound, "parent-missing",
+	return nil, Link{}, nil, newErr(curPath, ErrParentNotFound, "parent-missing",
 		"parent disk not found (locator %s; tried %s)", describeLocator(loc), strings.Join(tried, ", "))
 }
 
@@ -270,27 +294,27 @@ func describeMismatch(c Info, loc *ParentLocator, p Info) string {
 	return fmt.Sprintf("child expects unique ID %s, parent has %s", loc.ParentUniqueID, p.UniqueID)
 }
 
-func finishLink(cur, p *Image, via string, ok bool, loc *ParentLocator) (*Image, Link, []Finding, error) {
-	cinf, pinf := cur.Info(), p.Info()
-	link := Link{Child: cur.Path(), Parent: p.Path(), Via: via, LinkageOK: ok, TimestampOK: true}
+func finishLink(curPath string, cinf Info, p parentDisk, via string, ok bool, loc *ParentLocator) (parentDisk, Link, []Finding, error) {
+	pinf := p.Info()
+	link := Link{Child: curPath, Parent: p.Path(), Via: via, LinkageOK: ok, TimestampOK: true}
 	var warn []Finding
 	if !ok {
-		warn = append(warn, Finding{Code: "linkage-mismatch", Severity: SevError, Path: cur.Path(),
+		warn = append(warn, Finding{Code: "linkage-mismatch", Severity: SevError, Path: curPath,
 			Message: "parent " + p.Path() + " used although it does not match: " + describeMismatch(cinf, loc, pinf)})
 	}
 	if cinf.LogicalSectorSize != pinf.LogicalSectorSize {
 		p.Close()
-		return nil, Link{}, nil, newErr(cur.Path(), ErrSectorSizeMismatch, "sector-size-mismatch",
+		return nil, Link{}, nil, newErr(curPath, ErrSectorSizeMismatch, "sector-size-mismatch",
 			"logical sector size %d differs from parent %s (%d)", cinf.LogicalSectorSize, p.Path(), pinf.LogicalSectorSize)
 	}
 	if cinf.VirtualSize != pinf.VirtualSize {
-		warn = append(warn, Finding{Code: "virtual-size-mismatch", Severity: SevError, Path: cur.Path(),
+		warn = append(warn, Finding{Code: "virtual-size-mismatch", Severity: SevError, Path: curPath,
 			Message: fmt.Sprintf("virtual size %d differs from parent %s (%d bytes): the parent was expanded or shrunk after this differencing disk was made", cinf.VirtualSize, p.Path(), pinf.VirtualSize)})
 	}
 	if cinf.Format == FormatVHD && !loc.ParentTimestamp.IsZero() {
 		if st, err := os.Stat(p.Path()); err == nil && vhdTimestamp(st.ModTime()) != vhdTimestamp(loc.ParentTimestamp) {
 			link.TimestampOK = false
-			warn = append(warn, Finding{Code: "parent-timestamp", Severity: SevWarning, Path: cur.Path(),
+			warn = append(warn, Finding{Code: "parent-timestamp", Severity: SevWarning, Path: curPath,
 				Message: fmt.Sprintf("parent timestamp %s differs from %s's modification time %s", loc.ParentTimestamp.UTC().Format(time.RFC3339), p.Path(), st.ModTime().UTC().Format(time.RFC3339))})
 		}
 	}
@@ -746,5 +770,51 @@ func (im *Image) ResolveParent(opts *Options) (*ParentLink, error) {
 		return nil, err
 	}
 	defer p.Close()
+	return &ParentLink{Path: p.Path(), Via: link.Via, LinkageOK: link.LinkageOK, Info: p.Info(), Warnings: warn}, nil
+}
+
+// DescribeFunc describes the disk file at path as Open followed by
+// Image.Info would (Info.Path set to path), or returns the error Open
+// returns for it. It lets callers that keep what they read of each file
+// resolve parents without opening any file twice.
+type DescribeFunc func(path string) (Info, error)
+
+// describedDisk is a candidate parent known only by its description.
+type describedDisk struct{ inf Info }
+
+func (d describedDisk) Path() string { return d.inf.Path }
+func (d describedDisk) Info() Info   { return d.inf }
+func (d describedDisk) Close() error { return nil }
+
+// ResolveParentOf is [Image.ResolveParent] for the differencing disk at path
+// described by inf and loc (what Info and Parent returned for it), with the
+// candidate parents described by describe instead of opened. It returns
+// what ResolveParent returns for the same files, except that Info is what
+// describe gave. Returns nil, nil when loc is nil.
+func ResolveParentOf(path string, inf Info, loc *ParentLocator, opts *Options, describe DescribeFunc) (*ParentLink, error) {
+	if loc == nil {
+		return nil, nil
+	}
+	o := Options{}
+	if opts != nil {
+		o = *opts
+	}
+	o.IgnoreLinkage = true
+	var seen []os.FileInfo
+	if st, err := os.Stat(path); err == nil {
+		seen = append(seen, st)
+	}
+	open := func(p string) (parentDisk, error) {
+		pinf, err := describe(p)
+		if err != nil {
+			return nil, err
+		}
+		pinf.Path = p
+		return describedDisk{pinf}, nil
+	}
+	p, link, warn, err := resolveParentWith(path, inf, loc, &o, seen, open)
+	if err != nil {
+		return nil, err
+	}
 	return &ParentLink{Path: p.Path(), Via: link.Via, LinkageOK: link.LinkageOK, Info: p.Info(), Warnings: warn}, nil
 }
