@@ -46,6 +46,7 @@ type analysis struct {
 	// candidate parents), so that no file is opened twice.
 	filesMu sync.Mutex
 	files   map[string]*diskFile
+	stats   map[string]statResult // os.Stat results by path
 	// scanned has the scan's stat of the disk files it found.
 	scanned map[string]vm.DiskFile
 }
@@ -57,7 +58,7 @@ type analysis struct {
 func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 	a := &analysis{o: o, th: o.Thresholds, now: o.Now, disks: map[string]*Disk{},
 		blockSize: map[string]int64{}, vmByDisk: map[string][]*VM{}, files: map[string]*diskFile{},
-		scanned: map[string]vm.DiskFile{}}
+		stats: map[string]statResult{}, scanned: map[string]vm.DiskFile{}}
 	if a.th == (Thresholds{}) {
 		a.th = DefaultThresholds()
 	}
@@ -271,7 +272,7 @@ func (a *analysis) readDisk(p string) (*Disk, int64) {
 	d := &Disk{Path: p, MergeGrowth: -1}
 	if sf, ok := a.scanned[p]; ok {
 		d.FileSize, d.ModTime, d.Allocated = sf.Size, sf.ModTime.UTC(), sf.Allocated
-	} else if fi, err := os.Stat(p); err == nil {
+	} else if fi, err := (describer{a}).Stat(p); err == nil {
 		d.FileSize = fi.Size()
 		d.ModTime = fi.ModTime().UTC()
 		d.Allocated = allocatedBytes(fi)
@@ -290,7 +291,7 @@ func (a *analysis) readDisk(p string) (*Disk, int64) {
 		d.Error = f.extErr.Error()
 	}
 	if inf.Type == vhd.TypeDifferencing {
-		link, err := vhd.ResolveParentOf(p, inf, f.loc, &vhd.Options{ReadOnly: true, PathMap: a.o.PathMap}, a.describe)
+		link, err := vhd.ResolveParentOf(p, inf, f.loc, &vhd.Options{ReadOnly: true, PathMap: a.o.PathMap}, describer{a})
 		if err != nil {
 			d.ParentError = err.Error()
 		} else {
@@ -303,10 +304,32 @@ func (a *analysis) readDisk(p string) (*Disk, int64) {
 	return d, f.blockSize
 }
 
-// describe is the vhd.DescribeFunc over the files read.
-func (a *analysis) describe(p string) (vhd.Info, error) {
-	f := a.file(cleanAbs(p))
+// describer answers vhd.ResolveParentOf from the files read and stat'ed.
+type describer struct{ a *analysis }
+
+func (d describer) Describe(p string) (vhd.Info, error) {
+	f := d.a.file(cleanAbs(p))
 	return f.info, f.err
+}
+
+// Stat is os.Stat, once per path.
+func (d describer) Stat(p string) (os.FileInfo, error) {
+	a := d.a
+	a.filesMu.Lock()
+	st, ok := a.stats[p]
+	a.filesMu.Unlock()
+	if !ok {
+		st.fi, st.err = os.Stat(p)
+		a.filesMu.Lock()
+		a.stats[p] = st
+		a.filesMu.Unlock()
+	}
+	return st.fi, st.err
+}
+
+type statResult struct {
+	fi  os.FileInfo
+	err error
 }
 
 func (a *analysis) volumeOf(p string) string {

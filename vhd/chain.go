@@ -182,7 +182,7 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 		}
 		return p, nil
 	}
-	p, link, warn, err := resolveParentWith(cur.Path(), cur.Info(), loc, o, seen, open)
+	p, link, warn, err := resolveParentWith(cur.Path(), cur.Info(), loc, o, seen, open, os.Stat)
 	if err != nil {
 		return nil, link, warn, err
 	}
@@ -199,14 +199,15 @@ type parentDisk interface {
 
 // resolveParentWith is the resolution of resolveParent over candidates that
 // open returns (the error Open would give when one cannot be opened).
-func resolveParentWith(curPath string, cinf Info, loc *ParentLocator, o *Options, seen []os.FileInfo, open func(path string) (parentDisk, error)) (parentDisk, Link, []Finding, error) {
+// stat is os.Stat (or what a caller knows it returns).
+func resolveParentWith(curPath string, cinf Info, loc *ParentLocator, o *Options, seen []os.FileInfo, open func(path string) (parentDisk, error), stat func(string) (os.FileInfo, error)) (parentDisk, Link, []Finding, error) {
 	cands := parentCandidates(curPath, loc, o.PathMap)
 	var tried []string
 	var mismatch parentDisk
 	var mismatchVia string
 	var openErr error
 	for _, cand := range cands {
-		st, err := os.Stat(cand.path)
+		st, err := stat(cand.path)
 		if err != nil {
 			tried = append(tried, cand.path)
 			continue
@@ -232,7 +233,7 @@ func resolveParentWith(curPath string, cinf Info, loc *ParentLocator, o *Options
 			if mismatch != nil {
 				mismatch.Close()
 			}
-			return finishLink(curPath, cinf, p, cand.via, true, loc)
+			return finishLink(curPath, cinf, p, cand.via, true, loc, stat)
 		}
 		if mismatch == nil {
 			mismatch, mismatchVia = p, cand.via
@@ -242,7 +243,7 @@ func resolveParentWith(curPath string, cinf Info, loc *ParentLocator, o *Options
 	}
 	if mismatch != nil {
 		if o.IgnoreLinkage {
-			return finishLink(curPath, cinf, mismatch, mismatchVia, false, loc)
+			return finishLink(curPath, cinf, mismatch, mismatchVia, false, loc, stat)
 		}
 		pinf := mismatch.Info()
 		mismatch.Close()
@@ -294,7 +295,7 @@ func describeMismatch(c Info, loc *ParentLocator, p Info) string {
 	return fmt.Sprintf("child expects unique ID %s, parent has %s", loc.ParentUniqueID, p.UniqueID)
 }
 
-func finishLink(curPath string, cinf Info, p parentDisk, via string, ok bool, loc *ParentLocator) (parentDisk, Link, []Finding, error) {
+func finishLink(curPath string, cinf Info, p parentDisk, via string, ok bool, loc *ParentLocator, stat func(string) (os.FileInfo, error)) (parentDisk, Link, []Finding, error) {
 	pinf := p.Info()
 	link := Link{Child: curPath, Parent: p.Path(), Via: via, LinkageOK: ok, TimestampOK: true}
 	var warn []Finding
@@ -312,7 +313,7 @@ func finishLink(curPath string, cinf Info, p parentDisk, via string, ok bool, lo
 			Message: fmt.Sprintf("virtual size %d differs from parent %s (%d bytes): the parent was expanded or shrunk after this differencing disk was made", cinf.VirtualSize, p.Path(), pinf.VirtualSize)})
 	}
 	if cinf.Format == FormatVHD && !loc.ParentTimestamp.IsZero() {
-		if st, err := os.Stat(p.Path()); err == nil && vhdTimestamp(st.ModTime()) != vhdTimestamp(loc.ParentTimestamp) {
+		if st, err := stat(p.Path()); err == nil && vhdTimestamp(st.ModTime()) != vhdTimestamp(loc.ParentTimestamp) {
 			link.TimestampOK = false
 			warn = append(warn, Finding{Code: "parent-timestamp", Severity: SevWarning, Path: curPath,
 				Message: fmt.Sprintf("parent timestamp %s differs from %s's modification time %s", loc.ParentTimestamp.UTC().Format(time.RFC3339), p.Path(), st.ModTime().UTC().Format(time.RFC3339))})
@@ -773,11 +774,15 @@ func (im *Image) ResolveParent(opts *Options) (*ParentLink, error) {
 	return &ParentLink{Path: p.Path(), Via: link.Via, LinkageOK: link.LinkageOK, Info: p.Info(), Warnings: warn}, nil
 }
 
-// DescribeFunc describes the disk file at path as Open followed by
-// Image.Info would (Info.Path set to path), or returns the error Open
-// returns for it. It lets callers that keep what they read of each file
-// resolve parents without opening any file twice.
-type DescribeFunc func(path string) (Info, error)
+// Describer describes disk files to ResolveParentOf, typically from what a
+// caller that reads every file once already knows.
+type Describer interface {
+	// Describe returns what Open followed by Image.Info would for the disk
+	// file at path, or the error Open returns for it.
+	Describe(path string) (Info, error)
+	// Stat is os.Stat.
+	Stat(path string) (os.FileInfo, error)
+}
 
 // describedDisk is a candidate parent known only by its description.
 type describedDisk struct{ inf Info }
@@ -788,10 +793,10 @@ func (d describedDisk) Close() error { return nil }
 
 // ResolveParentOf is [Image.ResolveParent] for the differencing disk at path
 // described by inf and loc (what Info and Parent returned for it), with the
-// candidate parents described by describe instead of opened. It returns
+// files asked about through ds instead of opened and stat'ed. It returns
 // what ResolveParent returns for the same files, except that Info is what
-// describe gave. Returns nil, nil when loc is nil.
-func ResolveParentOf(path string, inf Info, loc *ParentLocator, opts *Options, describe DescribeFunc) (*ParentLink, error) {
+// ds described. Returns nil, nil when loc is nil.
+func ResolveParentOf(path string, inf Info, loc *ParentLocator, opts *Options, ds Describer) (*ParentLink, error) {
 	if loc == nil {
 		return nil, nil
 	}
@@ -801,18 +806,18 @@ func ResolveParentOf(path string, inf Info, loc *ParentLocator, opts *Options, d
 	}
 	o.IgnoreLinkage = true
 	var seen []os.FileInfo
-	if st, err := os.Stat(path); err == nil {
+	if st, err := ds.Stat(path); err == nil {
 		seen = append(seen, st)
 	}
 	open := func(p string) (parentDisk, error) {
-		pinf, err := describe(p)
+		pinf, err := ds.Describe(p)
 		if err != nil {
 			return nil, err
 		}
 		pinf.Path = p
 		return describedDisk{pinf}, nil
 	}
-	p, link, warn, err := resolveParentWith(path, inf, loc, &o, seen, open)
+	p, link, warn, err := resolveParentWith(path, inf, loc, &o, seen, open, ds.Stat)
 	if err != nil {
 		return nil, err
 	}
