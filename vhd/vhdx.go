@@ -408,6 +408,28 @@ func (b *vxBackend) readMetadata() error {
 			break
 		}
 	}
+	// The items are usually packed together: read the span of those used
+	// below at once when it is small (the table buffer is free again).
+	var items []byte
+	var itemsOff int64
+	{
+		lo, hi := int64(-1), int64(-1)
+		for _, id := range []GUID{vxItemFileParams, vxItemVirtualSize, vxItemLogical, vxItemPhysical, vxItemDiskID, vxItemLocator} {
+			if i, ok := found[id]; ok && ents[i].Len != 0 {
+				o, e := int64(ents[i].Off), int64(ents[i].Off)+int64(ents[i].Len)
+				if lo < 0 || o < lo {
+					lo = o
+				}
+				hi = max(hi, e)
+			}
+		}
+		if lo >= 0 && hi-lo <= int64(len(*bp)) {
+			items, itemsOff = (*bp)[:hi-lo], lo
+			if err := b.readMeta(items, b.metaOff+lo); err != nil {
+				return err
+			}
+		}
+	}
 	item := func(id GUID, min int, name string) ([]byte, error) {
 		i, ok := found[id]
 		if !ok {
@@ -418,6 +440,10 @@ func (b *vxBackend) readMetadata() error {
 			return nil, b.corrupt("vhdx-metadata-item", "the %s metadata item is %d bytes (want %d)", name, e.Len, min)
 		}
 		p := make([]byte, e.Len)
+		if o := int64(e.Off) - itemsOff; items != nil && o >= 0 && o+int64(e.Len) <= int64(len(items)) {
+			copy(p, items[o:])
+			return p, nil
+		}
 		if err := b.readMeta(p, b.metaOff+int64(e.Off)); err != nil {
 			return nil, err
 		}
