@@ -153,13 +153,22 @@ func (a *analysis) readDisks(ctx context.Context, paths []string, rp progress.Re
 	for len(queue) > 0 {
 		batch := queue
 		queue = nil
-		jobs := make(chan string)
+		// The whole batch is queued before the workers start: they take
+		// jobs without waiting for (or waking) a sender.
+		jobs := make(chan string, len(batch))
+		for _, p := range batch {
+			jobs <- p
+		}
+		close(jobs)
 		var wg sync.WaitGroup
 		for i := 0; i < a.o.Workers; i++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				for p := range jobs {
+					if ctx.Err() != nil {
+						continue
+					}
 					d, bs := a.readDisk(p)
 					mu.Lock()
 					a.disks[p] = d
@@ -172,13 +181,6 @@ func (a *analysis) readDisks(ctx context.Context, paths []string, rp progress.Re
 				}
 			}()
 		}
-		for _, p := range batch {
-			if ctx.Err() != nil {
-				break
-			}
-			jobs <- p
-		}
-		close(jobs)
 		wg.Wait()
 		if err := ctx.Err(); err != nil {
 			return err
@@ -567,13 +569,20 @@ func (a *analysis) mergeGrowth(ctx context.Context) error {
 			links = append(links, d)
 		}
 	}
-	jobs := make(chan *Disk)
+	jobs := make(chan *Disk, len(links))
+	for _, d := range links {
+		jobs <- d
+	}
+	close(jobs)
 	var wg sync.WaitGroup
 	for i := 0; i < a.o.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for d := range jobs {
+				if ctx.Err() != nil {
+					continue
+				}
 				g, err := a.linkGrowth(d)
 				if err != nil {
 					d.MergeGrowth = -1
@@ -583,13 +592,6 @@ func (a *analysis) mergeGrowth(ctx context.Context) error {
 			}
 		}()
 	}
-	for _, d := range links {
-		if ctx.Err() != nil {
-			break
-		}
-		jobs <- d
-	}
-	close(jobs)
 	wg.Wait()
 	return ctx.Err()
 }

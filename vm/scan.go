@@ -333,7 +333,11 @@ type parsed struct {
 // parseConfigs parses the candidate configurations with the worker pool.
 func (w *walker) parseConfigs() []parsed {
 	out := make([]parsed, len(w.configs))
-	jobs := make(chan int)
+	jobs := make(chan int, len(w.configs))
+	for i := range w.configs {
+		jobs <- i
+	}
+	close(jobs)
 	var wg sync.WaitGroup
 	for range w.opts.Workers {
 		wg.Add(1)
@@ -346,10 +350,6 @@ func (w *walker) parseConfigs() []parsed {
 			}
 		}()
 	}
-	for i := range w.configs {
-		jobs <- i
-	}
-	close(jobs)
 	wg.Wait()
 	return out
 }
