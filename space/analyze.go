@@ -107,14 +107,29 @@ func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 			}
 		}
 	}
+	// The state files' volumes (an lstat each) are looked up while the
+	// disks are read.
+	stateVols := make([]string, len(st.StateFiles))
+	stateDone := make(chan struct{})
+	go func() {
+		defer close(stateDone)
+		for i, s := range st.StateFiles {
+			if ctx.Err() != nil {
+				return
+			}
+			stateVols[i] = a.volumeOf(s.Path)
+		}
+	}()
 	rp.Start("read disk headers", 0)
-	if err := a.readDisks(ctx, todo, rp); err != nil {
+	err = a.readDisks(ctx, todo, rp)
+	<-stateDone
+	if err != nil {
 		return nil, err
 	}
 	rp.Done()
 	a.linkChildren()
 	a.buildVMs(st)
-	a.stateFiles(st)
+	a.stateFiles(st, stateVols)
 	if err := a.mergeGrowth(ctx); err != nil {
 		return nil, err
 	}
@@ -541,7 +556,8 @@ func walkTree(t *Tree, fn func(*Tree)) {
 	}
 }
 
-func (a *analysis) stateFiles(st *vm.Store) {
+// stateFiles adds the state files; vols[i] is the volume of st.StateFiles[i].
+func (a *analysis) stateFiles(st *vm.Store, vols []string) {
 	owner := map[string]string{}
 	for _, v := range st.VMs {
 		owner[strings.ToUpper(v.Config.ID)] = v.Config.Name
@@ -549,8 +565,8 @@ func (a *analysis) stateFiles(st *vm.Store) {
 			owner[strings.ToUpper(cp.CheckpointID)] = v.Config.Name
 		}
 	}
-	for _, s := range st.StateFiles {
-		sf := &StateFile{Path: cleanAbs(s.Path), Volume: a.volumeOf(s.Path), Kind: s.Type,
+	for i, s := range st.StateFiles {
+		sf := &StateFile{Path: cleanAbs(s.Path), Volume: vols[i], Kind: s.Type,
 			VM: owner[strings.ToUpper(s.OwnerID)], Size: s.Size, Allocated: s.Allocated, ModTime: s.ModTime.UTC()}
 		a.rep.StateFiles = append(a.rep.StateFiles, sf)
 		if sf.Allocated >= a.th.SavedStateMin && (sf.Kind == "vsv" || sf.Kind == "bin" || sf.Kind == "vmrs") {
