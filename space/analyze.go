@@ -3,6 +3,7 @@ package space
 import (
 	"context"
 	"fmt"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -41,6 +42,13 @@ type analysis struct {
 	// imgInfo keeps what the engine needs beyond the model.
 	blockSize map[string]int64
 	vmByDisk  map[string][]*VM // live leaf → VMs
+	// files holds what was read of every disk file opened (model disks and
+	// candidate parents), so that no file is opened twice.
+	filesMu sync.Mutex
+	files   map[string]*diskFile
+	stats   map[string]statResult // os.Stat results by path
+	// scanned has the scan's stat of the disk files it found.
+	scanned map[string]vm.DiskFile
 }
 
 // Analyze scans roots and builds the model. It reads headers, BATs and
@@ -49,7 +57,8 @@ type analysis struct {
 // readable root).
 func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 	a := &analysis{o: o, th: o.Thresholds, now: o.Now, disks: map[string]*Disk{},
-		blockSize: map[string]int64{}, vmByDisk: map[string][]*VM{}}
+		blockSize: map[string]int64{}, vmByDisk: map[string][]*VM{}, files: map[string]*diskFile{},
+		stats: map[string]statResult{}, scanned: map[string]vm.DiskFile{}}
 	if a.th == (Thresholds{}) {
 		a.th = DefaultThresholds()
 	}
@@ -87,6 +96,7 @@ func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 	var todo []string
 	for _, d := range st.Disks {
 		todo = append(todo, d.Path)
+		a.scanned[cleanAbs(d.Path)] = d
 	}
 	for _, v := range st.VMs {
 		for _, c := range append([]*vm.Config{v.Config}, v.Checkpoints...) {
@@ -97,14 +107,29 @@ func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 			}
 		}
 	}
+	// The state files' volumes (an lstat each) are looked up while the
+	// disks are read.
+	stateVols := make([]string, len(st.StateFiles))
+	stateDone := make(chan struct{})
+	go func() {
+		defer close(stateDone)
+		for i, s := range st.StateFiles {
+			if ctx.Err() != nil {
+				return
+			}
+			stateVols[i] = a.volumeOf(s.Path)
+		}
+	}()
 	rp.Start("read disk headers", 0)
-	if err := a.readDisks(ctx, todo, rp); err != nil {
+	err = a.readDisks(ctx, todo, rp)
+	<-stateDone
+	if err != nil {
 		return nil, err
 	}
 	rp.Done()
 	a.linkChildren()
 	a.buildVMs(st)
-	a.stateFiles(st)
+	a.stateFiles(st, stateVols)
 	if err := a.mergeGrowth(ctx); err != nil {
 		return nil, err
 	}
@@ -143,13 +168,22 @@ func (a *analysis) readDisks(ctx context.Context, paths []string, rp progress.Re
 	for len(queue) > 0 {
 		batch := queue
 		queue = nil
-		jobs := make(chan string)
+		// The whole batch is queued before the workers start: they take
+		// jobs without waiting for (or waking) a sender.
+		jobs := make(chan string, len(batch))
+		for _, p := range batch {
+			jobs <- p
+		}
+		close(jobs)
 		var wg sync.WaitGroup
 		for i := 0; i < a.o.Workers; i++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				for p := range jobs {
+					if ctx.Err() != nil {
+						continue
+					}
 					d, bs := a.readDisk(p)
 					mu.Lock()
 					a.disks[p] = d
@@ -162,13 +196,6 @@ func (a *analysis) readDisks(ctx context.Context, paths []string, rp progress.Re
 				}
 			}()
 		}
-		for _, p := range batch {
-			if ctx.Err() != nil {
-				break
-			}
-			jobs <- p
-		}
-		close(jobs)
 		wg.Wait()
 		if err := ctx.Err(); err != nil {
 			return err
@@ -177,34 +204,111 @@ func (a *analysis) readDisks(ctx context.Context, paths []string, rp progress.Re
 	return nil
 }
 
+// diskFile is what one open of a disk file yields: its description, what
+// Extents and the block table say, everything merge growth and collapse
+// peaks are computed from later.
+type diskFile struct {
+	once sync.Once
+	err  error // from vhd.Open
+	info vhd.Info
+	loc  *vhd.ParentLocator
+
+	maxFileSize int64
+	dataBytes   int64
+	extErr      error
+	blockSize   int64 // Image.BlockSize
+	blocks      int64 // Image.Blocks
+	allocUnit   int64 // Image.AllocUnit
+	// touched: blocks (of blockSize) the file's own content overrides, as
+	// TouchedBlocks(blockSize) gives them (valid when extErr is nil).
+	touched []uint64
+	// alloc: blocks with storage in the file, as BlockAllocated says
+	// (valid when allocErr is nil).
+	alloc    []uint64
+	allocErr error
+}
+
+func bitSet(m []uint64, i int64) bool { return m[i/64]&(1<<(i%64)) != 0 }
+func setBit(m []uint64, i int64)      { m[i/64] |= 1 << (i % 64) }
+
+// file returns what was read of the disk file at p (a clean absolute
+// path), opening and reading it on first use. It never resolves parents,
+// so concurrent callers cannot wait on each other in a cycle.
+func (a *analysis) file(p string) *diskFile {
+	a.filesMu.Lock()
+	f := a.files[p]
+	if f == nil {
+		f = &diskFile{}
+		a.files[p] = f
+	}
+	a.filesMu.Unlock()
+	f.once.Do(func() { f.read(p) })
+	return f
+}
+
+func (f *diskFile) read(p string) {
+	im, err := vhd.Open(p, &vhd.Options{ReadOnly: true})
+	if err != nil {
+		f.err = err
+		return
+	}
+	defer im.Close()
+	f.info = im.Info()
+	f.loc = im.Parent()
+	f.maxFileSize = im.MaxFileSize()
+	f.blockSize, f.blocks, f.allocUnit = im.BlockSize(), im.Blocks(), im.AllocUnit()
+	bs := f.blockSize
+	f.touched = make([]uint64, (f.blocks+63)/64)
+	last := int64(-1)
+	f.extErr = im.Extents(func(r vhd.Run) error {
+		if r.State == vhd.StateData {
+			f.dataBytes += r.Len
+		}
+		if r.State != vhd.StateAbsent {
+			// As TouchedBlocks(bs) counts them.
+			first := max(r.Off/bs, last+1)
+			end := (r.Off + r.Len - 1) / bs
+			for b := first; b <= end; b++ {
+				setBit(f.touched, b)
+			}
+			last = max(last, end)
+		}
+		return nil
+	})
+	if f.info.Type != vhd.TypeFixed {
+		f.alloc = make([]uint64, (f.blocks+63)/64)
+		f.allocErr = im.AllocatedBlocks(func(b int64) error {
+			setBit(f.alloc, b)
+			return nil
+		})
+	}
+}
+
 // readDisk describes one file from its headers, BAT and locator.
 func (a *analysis) readDisk(p string) (*Disk, int64) {
 	d := &Disk{Path: p, MergeGrowth: -1}
-	if fi, err := os.Stat(p); err == nil {
+	if sf, ok := a.scanned[p]; ok {
+		d.FileSize, d.ModTime, d.Allocated = sf.Size, sf.ModTime.UTC(), sf.Allocated
+	} else if fi, err := (describer{a}).Stat(p); err == nil {
 		d.FileSize = fi.Size()
 		d.ModTime = fi.ModTime().UTC()
 		d.Allocated = allocatedBytes(fi)
 	}
 	d.Volume = a.volumeOf(p)
-	im, err := vhd.Open(p, &vhd.Options{ReadOnly: true, PathMap: a.o.PathMap})
-	if err != nil {
-		d.Error = err.Error()
+	f := a.file(p)
+	if f.err != nil {
+		d.Error = f.err.Error()
 		return d, 0
 	}
-	defer im.Close()
-	inf := im.Info()
+	inf := f.info
 	d.Format, d.Type, d.VirtualSize = string(inf.Format), string(inf.Type), inf.VirtualSize
-	d.MaxFileSize = im.MaxFileSize()
-	if err := im.Extents(func(r vhd.Run) error {
-		if r.State == vhd.StateData {
-			d.DataBytes += r.Len
-		}
-		return nil
-	}); err != nil {
-		d.Error = err.Error()
+	d.MaxFileSize = f.maxFileSize
+	d.DataBytes = f.dataBytes
+	if f.extErr != nil {
+		d.Error = f.extErr.Error()
 	}
 	if inf.Type == vhd.TypeDifferencing {
-		link, err := im.ResolveParent(&vhd.Options{ReadOnly: true, PathMap: a.o.PathMap})
+		link, err := vhd.ResolveParentOf(p, inf, f.loc, &vhd.Options{ReadOnly: true, PathMap: a.o.PathMap}, describer{a})
 		if err != nil {
 			d.ParentError = err.Error()
 		} else {
@@ -214,7 +318,35 @@ func (a *analysis) readDisk(p string) (*Disk, int64) {
 	} else {
 		d.LinkageOK = true
 	}
-	return d, im.BlockSize()
+	return d, f.blockSize
+}
+
+// describer answers vhd.ResolveParentOf from the files read and stat'ed.
+type describer struct{ a *analysis }
+
+func (d describer) Describe(p string) (vhd.Info, error) {
+	f := d.a.file(cleanAbs(p))
+	return f.info, f.err
+}
+
+// Stat is os.Stat, once per path.
+func (d describer) Stat(p string) (os.FileInfo, error) {
+	a := d.a
+	a.filesMu.Lock()
+	st, ok := a.stats[p]
+	a.filesMu.Unlock()
+	if !ok {
+		st.fi, st.err = os.Stat(p)
+		a.filesMu.Lock()
+		a.stats[p] = st
+		a.filesMu.Unlock()
+	}
+	return st.fi, st.err
+}
+
+type statResult struct {
+	fi  os.FileInfo
+	err error
 }
 
 func (a *analysis) volumeOf(p string) string {
@@ -424,7 +556,8 @@ func walkTree(t *Tree, fn func(*Tree)) {
 	}
 }
 
-func (a *analysis) stateFiles(st *vm.Store) {
+// stateFiles adds the state files; vols[i] is the volume of st.StateFiles[i].
+func (a *analysis) stateFiles(st *vm.Store, vols []string) {
 	owner := map[string]string{}
 	for _, v := range st.VMs {
 		owner[strings.ToUpper(v.Config.ID)] = v.Config.Name
@@ -432,8 +565,8 @@ func (a *analysis) stateFiles(st *vm.Store) {
 			owner[strings.ToUpper(cp.CheckpointID)] = v.Config.Name
 		}
 	}
-	for _, s := range st.StateFiles {
-		sf := &StateFile{Path: cleanAbs(s.Path), Volume: a.volumeOf(s.Path), Kind: s.Type,
+	for i, s := range st.StateFiles {
+		sf := &StateFile{Path: cleanAbs(s.Path), Volume: vols[i], Kind: s.Type,
 			VM: owner[strings.ToUpper(s.OwnerID)], Size: s.Size, Allocated: s.Allocated, ModTime: s.ModTime.UTC()}
 		a.rep.StateFiles = append(a.rep.StateFiles, sf)
 		if sf.Allocated >= a.th.SavedStateMin && (sf.Kind == "vsv" || sf.Kind == "bin" || sf.Kind == "vmrs") {
@@ -452,14 +585,21 @@ func (a *analysis) mergeGrowth(ctx context.Context) error {
 			links = append(links, d)
 		}
 	}
-	jobs := make(chan *Disk)
+	jobs := make(chan *Disk, len(links))
+	for _, d := range links {
+		jobs <- d
+	}
+	close(jobs)
 	var wg sync.WaitGroup
 	for i := 0; i < a.o.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for d := range jobs {
-				g, err := linkGrowth(d.Path, d.Parent)
+				if ctx.Err() != nil {
+					continue
+				}
+				g, err := a.linkGrowth(d)
 				if err != nil {
 					d.MergeGrowth = -1
 					continue
@@ -468,15 +608,62 @@ func (a *analysis) mergeGrowth(ctx context.Context) error {
 			}
 		}()
 	}
-	for _, d := range links {
-		if ctx.Err() != nil {
-			break
-		}
-		jobs <- d
-	}
-	close(jobs)
 	wg.Wait()
 	return ctx.Err()
+}
+
+// linkGrowth is vhd.MergeGrowth of d into its parent, computed from what was
+// read of both files; when that cannot give the exact figure (a read error,
+// a child with larger blocks than its parent) both are opened again.
+func (a *analysis) linkGrowth(d *Disk) (int64, error) {
+	c, p := a.file(d.Path), a.file(d.Parent)
+	if c.err == nil && p.err == nil {
+		if p.info.Type == vhd.TypeFixed {
+			return 0, nil
+		}
+		if g, ok := growthFrom(c, p); ok {
+			return g, nil
+		}
+	}
+	return linkGrowth(d.Path, d.Parent)
+}
+
+// touchedIn calls fn, in increasing order and once each, with the blocks of
+// size bs that f's content overrides, as f's TouchedBlocks(bs) would. ok is
+// false when f's read does not tell (bs is not a multiple of f's block size,
+// or reading its extents failed).
+func (f *diskFile) touchedIn(bs int64, fn func(b int64)) (ok bool) {
+	if f.extErr != nil || f.blockSize <= 0 || bs < f.blockSize || bs%f.blockSize != 0 {
+		return false
+	}
+	r := bs / f.blockSize
+	last := int64(-1)
+	for w, word := range f.touched {
+		for word != 0 {
+			k := int64(w)*64 + int64(bits.TrailingZeros64(word))
+			word &= word - 1
+			if b := k / r; b != last {
+				fn(b)
+				last = b
+			}
+		}
+	}
+	return true
+}
+
+// growthFrom is vhd.MergeGrowth(child, parent) for a parent that is not
+// fixed, from what was read of both.
+func growthFrom(c, p *diskFile) (int64, bool) {
+	if p.allocErr != nil {
+		return 0, false
+	}
+	var grow int64
+	ok := c.touchedIn(p.blockSize, func(b int64) {
+		if b < p.blocks && !bitSet(p.alloc, b) {
+			grow += p.allocUnit
+		}
+	})
+	return grow, ok
 }
 
 func linkGrowth(child, parent string) (int64, error) {
@@ -671,6 +858,49 @@ func (a *analysis) collapsePeak(ch []*Disk) (int64, error) {
 	if base.Error != "" || base.Type == string(vhd.TypeFixed) {
 		return 0, nil
 	}
+	if peak, ok := a.collapsePeakRead(ch); ok {
+		return peak, nil
+	}
+	return collapsePeakOpen(ch)
+}
+
+// collapsePeakRead is collapsePeak from what was read of the files; ok is
+// false when that does not give the exact figure.
+func (a *analysis) collapsePeakRead(ch []*Disk) (int64, bool) {
+	base := ch[len(ch)-1]
+	bf := a.file(base.Path)
+	if bf.err != nil || bf.allocErr != nil {
+		return 0, false
+	}
+	nb, bs, unit := bf.blocks, bf.blockSize, bf.allocUnit
+	have := append([]uint64(nil), bf.alloc...)
+	var grown, freed, peak int64
+	for i := len(ch) - 2; i >= 0; i-- {
+		layer := ch[i]
+		lf := a.file(layer.Path)
+		if lf.err != nil {
+			return 0, false
+		}
+		ok := lf.touchedIn(bs, func(b int64) {
+			if b < nb && !bitSet(have, b) {
+				setBit(have, b)
+				grown += unit
+			}
+		})
+		if !ok {
+			return 0, false
+		}
+		peak = max(peak, grown-freed)
+		if layer.Volume == base.Volume {
+			freed += layer.Allocated
+		}
+	}
+	return peak, true
+}
+
+// collapsePeakOpen is collapsePeak by opening the files again.
+func collapsePeakOpen(ch []*Disk) (int64, error) {
+	base := ch[len(ch)-1]
 	bim, err := vhd.Open(base.Path, &vhd.Options{ReadOnly: true})
 	if err != nil {
 		return 0, err

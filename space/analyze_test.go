@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -350,6 +351,12 @@ func TestMergeGrowthExact(t *testing.T) {
 		// and 40 MiB touch blocks 0 and 1: one new 32 MiB block.
 		{"vhdx bigger parent blocks", vhd.FormatVHDX, vhd.TypeDynamic, 32 << 20, 2 << 20,
 			[][2]int64{{0, 4096}}, [][2]int64{{1 * mb, 4096}, {40 * mb, 4096}}, 32 * mb},
+		// A child with larger blocks (8 MiB) than its parent (1 MiB; the
+		// figure then comes from opening both again). Each write fills a
+		// whole 8 MiB child block (0-8 and 40-48 MiB): 16 parent blocks,
+		// of which the parent holds block 0.
+		{"vhdx smaller parent blocks", vhd.FormatVHDX, vhd.TypeDynamic, 1 << 20, 8 << 20,
+			[][2]int64{{0, 4096}}, [][2]int64{{1 * mb, 4096}, {40 * mb, 4096}}, 15 * mb},
 		// VHD: each new block costs bitmap (512) + block + worst-case 4 KiB alignment.
 		{"vhd dynamic", vhd.FormatVHD, vhd.TypeDynamic, 2 << 20, 2 << 20,
 			[][2]int64{{0, 2 * mb}}, [][2]int64{{100, 10}, {6 * mb, 10}, {30 * mb, 10}}, 2 * (512 + 2*mb + 3584)},
@@ -397,6 +404,61 @@ func TestMergeGrowthExact(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCollapsePeakRead: the collapse peak computed from what was read of the
+// files equals the one computed by opening them again, for chains whose
+// layers have smaller, equal and larger blocks than the base.
+func TestCollapsePeakRead(t *testing.T) {
+	mb := int64(vhd.MiB)
+	for _, bss := range [][]uint32{{2 << 20, 2 << 20, 2 << 20}, {32 << 20, 2 << 20, 1 << 20}, {1 << 20, 8 << 20, 1 << 20}} {
+		dir := t.TempDir()
+		var ch []*Disk // leaf first
+		parent := ""
+		for i, bs := range bss {
+			p := filepath.Join(dir, fmt.Sprintf("d%d.avhdx", i))
+			spec := vhd.CreateSpec{Format: vhd.FormatVHDX, Parent: parent, BlockSize: bs}
+			if parent == "" {
+				p = filepath.Join(dir, "base.vhdx")
+				spec = vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 64 * mb, BlockSize: bs}
+			}
+			im, err := vhd.Create(p, spec, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			im.Close()
+			c, err := vhd.OpenChain(p, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			offs := []int64{0}
+			if i > 0 {
+				offs = []int64{int64(i)*9*mb + 512, 33*mb + int64(i)*5*mb, 64*mb - 4096*int64(i)}
+			}
+			for _, off := range offs {
+				if _, err := c.WriteAt(bytes.Repeat([]byte{1}, 4096), off); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.Close()
+			fi, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ch = append([]*Disk{{Path: p, Volume: dir, Type: string(vhd.TypeDifferencing), Allocated: allocatedBytes(fi)}}, ch...)
+			parent = p
+		}
+		ch[len(ch)-1].Type = string(vhd.TypeDynamic)
+		a := &analysis{files: map[string]*diskFile{}}
+		want, err := collapsePeakOpen(ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := a.collapsePeak(ch)
+		if err != nil || got != want || want == 0 {
+			t.Fatalf("block sizes %v: collapse peak %d (%v), by opening again %d", bss, got, err, want)
+		}
 	}
 }
 

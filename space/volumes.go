@@ -212,16 +212,29 @@ func (x *VolumeIndex) For(path string) (VolumeInfo, bool) {
 	if dir == abs {
 		return pickVolume(x.vols, resolveExisting(abs))
 	}
+	return pickVolume(x.vols, filepath.Join(x.resolveDir(dir), filepath.Base(abs)))
+}
+
+// resolveDir is resolveExisting(dir) for an absolute clean folder, cached.
+// A folder that exists and is not a symbolic link resolves to its parent's
+// resolution and its own name, so each folder costs one Lstat.
+func (x *VolumeIndex) resolveDir(dir string) string {
 	x.mu.Lock()
 	r, ok := x.dirs[dir]
 	x.mu.Unlock()
-	if !ok {
-		r = resolveExisting(dir)
-		x.mu.Lock()
-		x.dirs[dir] = r
-		x.mu.Unlock()
+	if ok {
+		return r
 	}
-	return pickVolume(x.vols, filepath.Join(r, filepath.Base(abs)))
+	parent := filepath.Dir(dir)
+	if fi, err := os.Lstat(dir); err == nil && fi.IsDir() && parent != dir {
+		r = filepath.Join(x.resolveDir(parent), filepath.Base(dir))
+	} else {
+		r = resolveExisting(dir)
+	}
+	x.mu.Lock()
+	x.dirs[dir] = r
+	x.mu.Unlock()
+	return r
 }
 
 // pickVolume returns the volume whose mount point is the longest prefix of

@@ -182,3 +182,31 @@ func (b *vxBackend) maxFileSize() int64 {
 	}
 	return end + n
 }
+
+// AllocatedBlocks calls fn, in increasing order, with the index of every
+// payload block that has storage in the file (every block of a fixed disk):
+// the blocks for which BlockAllocated reports true, with the same errors.
+func (im *Image) AllocatedBlocks(fn func(idx int64) error) error {
+	nb := im.Blocks()
+	if im.b.info().Type == TypeFixed {
+		for b := int64(0); b < nb; b++ {
+			if err := fn(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	ba := im.b.(blockAllocator)
+	for b := int64(0); b < nb; b++ {
+		ok, err := ba.blockAllocated(b)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := fn(b); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -175,14 +175,39 @@ func OpenChain(path string, opts *Options) (*Chain, error) {
 
 // resolveParent finds, opens (read-only) and validates the parent of cur.
 func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInfo) (*Image, Link, []Finding, error) {
-	cinf := cur.Info()
-	cands := parentCandidates(cur.Path(), loc, o.PathMap)
+	open := func(path string) (parentDisk, error) {
+		p, err := Open(path, &Options{ReadOnly: true, Wrap: o.Wrap})
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	p, link, warn, err := resolveParentWith(cur.Path(), cur.Info(), loc, o, seen, open, os.Stat)
+	if err != nil {
+		return nil, link, warn, err
+	}
+	return p.(*Image), link, warn, nil
+}
+
+// parentDisk is a candidate parent: an open *Image, or a description of one
+// (ResolveParentOf).
+type parentDisk interface {
+	Path() string
+	Info() Info
+	Close() error
+}
+
+// resolveParentWith is the resolution of resolveParent over candidates that
+// open returns (the error Open would give when one cannot be opened).
+// stat is os.Stat (or what a caller knows it returns).
+func resolveParentWith(curPath string, cinf Info, loc *ParentLocator, o *Options, seen []os.FileInfo, open func(path string) (parentDisk, error), stat func(string) (os.FileInfo, error)) (parentDisk, Link, []Finding, error) {
+	cands := parentCandidates(curPath, loc, o.PathMap)
 	var tried []string
-	var mismatch *Image
+	var mismatch parentDisk
 	var mismatchVia string
 	var openErr error
 	for _, cand := range cands {
-		st, err := os.Stat(cand.path)
+		st, err := stat(cand.path)
 		if err != nil {
 			tried = append(tried, cand.path)
 			continue
@@ -192,10 +217,10 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 				if mismatch != nil {
 					mismatch.Close()
 				}
-				return nil, Link{}, nil, newErr(cur.Path(), ErrChainCycle, "chain-cycle", "parent %s is already in the chain (cycle)", cand.path)
+				return nil, Link{}, nil, newErr(curPath, ErrChainCycle, "chain-cycle", "parent %s is already in the chain (cycle)", cand.path)
 			}
 		}
-		p, err := Open(cand.path, &Options{ReadOnly: true, Wrap: o.Wrap})
+		p, err := open(cand.path)
 		if err != nil {
 			tried = append(tried, cand.path)
 			if openErr == nil {
@@ -208,7 +233,7 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 			if mismatch != nil {
 				mismatch.Close()
 			}
-			return finishLink(cur, p, cand.via, true, loc)
+			return finishLink(curPath, cinf, p, cand.via, true, loc, stat)
 		}
 		if mismatch == nil {
 			mismatch, mismatchVia = p, cand.via
@@ -218,11 +243,11 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 	}
 	if mismatch != nil {
 		if o.IgnoreLinkage {
-			return finishLink(cur, mismatch, mismatchVia, false, loc)
+			return finishLink(curPath, cinf, mismatch, mismatchVia, false, loc, stat)
 		}
 		pinf := mismatch.Info()
 		mismatch.Close()
-		return nil, Link{}, nil, newErr(cur.Path(), ErrParentMismatch, "linkage-mismatch",
+		return nil, Link{}, nil, newErr(curPath, ErrParentMismatch, "linkage-mismatch",
 			"parent %s does not match: %s", pinf.Path, describeMismatch(cinf, loc, pinf))
 	}
 	if openErr != nil {
@@ -231,9 +256,9 @@ func resolveParent(cur *Image, loc *ParentLocator, o *Options, seen []os.FileInf
 		if errors.As(openErr, &e) {
 			msg = e.Error()
 		}
-		return nil, Link{}, nil, &Error{Path: cur.Path(), Code: "parent-unreadable", Msg: "parent cannot be opened: " + msg, Err: openErr}
+		return nil, Link{}, nil, &Error{Path: curPath, Code: "parent-unreadable", Msg: "parent cannot be opened: " + msg, Err: openErr}
 	}
-	return nil, Link{}, nil, newErr(cur.Path(), ErrParentNotFound, "parent-missing",
+	return nil, Link{}, nil, newErr(curPath, ErrParentNotFound, "parent-missing",
 		"parent disk not found (locator %s; tried %s)", describeLocator(loc), strings.Join(tried, ", "))
 }
 
@@ -270,27 +295,27 @@ func describeMismatch(c Info, loc *ParentLocator, p Info) string {
 	return fmt.Sprintf("child expects unique ID %s, parent has %s", loc.ParentUniqueID, p.UniqueID)
 }
 
-func finishLink(cur, p *Image, via string, ok bool, loc *ParentLocator) (*Image, Link, []Finding, error) {
-	cinf, pinf := cur.Info(), p.Info()
-	link := Link{Child: cur.Path(), Parent: p.Path(), Via: via, LinkageOK: ok, TimestampOK: true}
+func finishLink(curPath string, cinf Info, p parentDisk, via string, ok bool, loc *ParentLocator, stat func(string) (os.FileInfo, error)) (parentDisk, Link, []Finding, error) {
+	pinf := p.Info()
+	link := Link{Child: curPath, Parent: p.Path(), Via: via, LinkageOK: ok, TimestampOK: true}
 	var warn []Finding
 	if !ok {
-		warn = append(warn, Finding{Code: "linkage-mismatch", Severity: SevError, Path: cur.Path(),
+		warn = append(warn, Finding{Code: "linkage-mismatch", Severity: SevError, Path: curPath,
 			Message: "parent " + p.Path() + " used although it does not match: " + describeMismatch(cinf, loc, pinf)})
 	}
 	if cinf.LogicalSectorSize != pinf.LogicalSectorSize {
 		p.Close()
-		return nil, Link{}, nil, newErr(cur.Path(), ErrSectorSizeMismatch, "sector-size-mismatch",
+		return nil, Link{}, nil, newErr(curPath, ErrSectorSizeMismatch, "sector-size-mismatch",
 			"logical sector size %d differs from parent %s (%d)", cinf.LogicalSectorSize, p.Path(), pinf.LogicalSectorSize)
 	}
 	if cinf.VirtualSize != pinf.VirtualSize {
-		warn = append(warn, Finding{Code: "virtual-size-mismatch", Severity: SevError, Path: cur.Path(),
+		warn = append(warn, Finding{Code: "virtual-size-mismatch", Severity: SevError, Path: curPath,
 			Message: fmt.Sprintf("virtual size %d differs from parent %s (%d bytes): the parent was expanded or shrunk after this differencing disk was made", cinf.VirtualSize, p.Path(), pinf.VirtualSize)})
 	}
 	if cinf.Format == FormatVHD && !loc.ParentTimestamp.IsZero() {
-		if st, err := os.Stat(p.Path()); err == nil && vhdTimestamp(st.ModTime()) != vhdTimestamp(loc.ParentTimestamp) {
+		if st, err := stat(p.Path()); err == nil && vhdTimestamp(st.ModTime()) != vhdTimestamp(loc.ParentTimestamp) {
 			link.TimestampOK = false
-			warn = append(warn, Finding{Code: "parent-timestamp", Severity: SevWarning, Path: cur.Path(),
+			warn = append(warn, Finding{Code: "parent-timestamp", Severity: SevWarning, Path: curPath,
 				Message: fmt.Sprintf("parent timestamp %s differs from %s's modification time %s", loc.ParentTimestamp.UTC().Format(time.RFC3339), p.Path(), st.ModTime().UTC().Format(time.RFC3339))})
 		}
 	}
@@ -788,4 +813,54 @@ func (im *Image) SetWriteBatch(max int64) error {
 		return s.setWriteBatch(max)
 	}
 	return nil
+}
+
+// Describer describes disk files to ResolveParentOf, typically from what a
+// caller that reads every file once already knows.
+type Describer interface {
+	// Describe returns what Open followed by Image.Info would for the disk
+	// file at path, or the error Open returns for it.
+	Describe(path string) (Info, error)
+	// Stat is os.Stat.
+	Stat(path string) (os.FileInfo, error)
+}
+
+// describedDisk is a candidate parent known only by its description.
+type describedDisk struct{ inf Info }
+
+func (d describedDisk) Path() string { return d.inf.Path }
+func (d describedDisk) Info() Info   { return d.inf }
+func (d describedDisk) Close() error { return nil }
+
+// ResolveParentOf is [Image.ResolveParent] for the differencing disk at path
+// described by inf and loc (what Info and Parent returned for it), with the
+// files asked about through ds instead of opened and stat'ed. It returns
+// what ResolveParent returns for the same files, except that Info is what
+// ds described. Returns nil, nil when loc is nil.
+func ResolveParentOf(path string, inf Info, loc *ParentLocator, opts *Options, ds Describer) (*ParentLink, error) {
+	if loc == nil {
+		return nil, nil
+	}
+	o := Options{}
+	if opts != nil {
+		o = *opts
+	}
+	o.IgnoreLinkage = true
+	var seen []os.FileInfo
+	if st, err := ds.Stat(path); err == nil {
+		seen = append(seen, st)
+	}
+	open := func(p string) (parentDisk, error) {
+		pinf, err := ds.Describe(p)
+		if err != nil {
+			return nil, err
+		}
+		pinf.Path = p
+		return describedDisk{pinf}, nil
+	}
+	p, link, warn, err := resolveParentWith(path, inf, loc, &o, seen, open, ds.Stat)
+	if err != nil {
+		return nil, err
+	}
+	return &ParentLink{Path: p.Path(), Via: link.Via, LinkageOK: link.LinkageOK, Info: p.Info(), Warnings: warn}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 )
 
 type vxBackend struct {
@@ -36,6 +37,9 @@ type vxBackend struct {
 	effSize  int64 // realSize, or larger when an in-memory replay extends it
 	cache    *vxPageCache
 	ov       *vxOverlay // in-memory log replay (read-only opens)
+	// Read-ahead of getPage: the page a sequential walk misses next, and
+	// how much the last miss read.
+	raNext, raSize int64
 
 	logReplayed bool
 	openFind    []Finding
@@ -109,7 +113,8 @@ func (b *vxBackend) readMeta(p []byte, off int64) error {
 }
 
 // getPage returns the (read-only) 4 KiB page at off, which lies inside the
-// structure [lo, hi); misses read up to 64 KiB of that structure.
+// structure [lo, hi). A miss reads that page; misses in a row on the pages
+// that follow read ahead, doubling up to 64 KiB of that structure.
 func (b *vxBackend) getPage(off, lo, hi int64) ([]byte, error) {
 	if b.pend != nil {
 		// A batched transaction not committed yet: this session sees it.
@@ -120,12 +125,20 @@ func (b *vxBackend) getPage(off, lo, hi int64) ([]byte, error) {
 	if pg := b.cache.get(off); pg != nil {
 		return pg, nil
 	}
-	ws := max(lo, off&^(64*KiB-1))
-	we := min(hi, ws+64*KiB)
+	if off == b.raNext {
+		b.raSize = min(2*b.raSize, 64*KiB)
+	} else {
+		b.raSize = vxSector
+	}
+	ws := max(lo, off)
+	we := min(hi, ws+b.raSize)
 	if we < off+vxSector {
 		we = off + vxSector
 	}
-	buf := make([]byte, we-ws)
+	b.raNext = we
+	bp := vxBufPool.Get().(*[]byte)
+	defer vxBufPool.Put(bp)
+	buf := (*bp)[:we-ws]
 	if err := b.readMeta(buf, ws); err != nil {
 		return nil, err
 	}
@@ -141,13 +154,20 @@ func (b *vxBackend) getPage(off, lo, hi int64) ([]byte, error) {
 	return want, nil
 }
 
+// vxBufPool holds 64 KiB scratch buffers for metadata reads (region tables,
+// the metadata table, page windows); nothing read into one is kept.
+var vxBufPool = sync.Pool{New: func() any { b := make([]byte, 64*KiB); return &b }}
+
 // batEntry returns BAT entry idx.
 func (b *vxBackend) batEntry(idx int64) (uint64, error) {
 	if idx < 0 || (idx+1)*8 > b.batLen {
 		return 0, b.corrupt("vhdx-bat-too-small", "BAT entry %d lies outside the BAT region", idx)
 	}
 	off := b.batOff + idx*8
-	pg, err := b.getPage(off&^(vxSector-1), b.batOff, b.batOff+b.batLen)
+	// Page windows stop at the end of the entries the disk uses: the rest
+	// of the region is never read.
+	used := min(b.batLen, vxRoundUp(max(b.geo.entries, idx+1)*8, vxSector))
+	pg, err := b.getPage(off&^(vxSector-1), b.batOff, b.batOff+used)
 	if err != nil {
 		return 0, err
 	}
@@ -200,7 +220,9 @@ func (b *vxBackend) open() error {
 func (b *vxBackend) readHeaders() error {
 	var hs [2]vxHeader
 	var ok [2]bool
-	raw := make([]byte, 2*vxHeaderSize)
+	bp := vxBufPool.Get().(*[]byte)
+	defer vxBufPool.Put(bp)
+	raw := (*bp)[:2*vxHeaderSize]
 	for i, off := range []int64{vxHeader1Off, vxHeader2Off} {
 		if err := b.readRaw(raw[i*vxHeaderSize:(i+1)*vxHeaderSize], off); err != nil {
 			return err
@@ -255,7 +277,9 @@ func (b *vxBackend) readHeaders() error {
 }
 
 func (b *vxBackend) readRegions() error {
-	raw := make([]byte, vxRegionSize)
+	bp := vxBufPool.Get().(*[]byte)
+	defer vxBufPool.Put(bp)
+	raw := (*bp)[:vxRegionSize]
 	var rs []vxRegion
 	valid := 0
 	for i, off := range []int64{vxRegion1Off, vxRegion2Off} {
@@ -334,9 +358,18 @@ func (b *vxBackend) readRegions() error {
 }
 
 func (b *vxBackend) readMetadata() error {
-	raw := make([]byte, vxMetaTableSize)
-	if err := b.readMeta(raw, b.metaOff); err != nil {
+	bp := vxBufPool.Get().(*[]byte)
+	defer vxBufPool.Put(bp)
+	raw := (*bp)[:vxMetaTableSize]
+	// The table's entries follow its 32-byte header; read the first page
+	// and the rest only when the entry count reaches past it.
+	if err := b.readMeta(raw[:vxSector], b.metaOff); err != nil {
 		return err
+	}
+	if n := int64(vxU16(raw[10:])); 32+32*n > vxSector && n <= vxMaxEntries {
+		if err := b.readMeta(raw[vxSector:], b.metaOff+vxSector); err != nil {
+			return err
+		}
 	}
 	ents, ok := decodeVXMetaTable(raw)
 	if !ok {
@@ -389,6 +422,28 @@ func (b *vxBackend) readMetadata() error {
 			break
 		}
 	}
+	// The items are usually packed together: read the span of those used
+	// below at once when it is small (the table buffer is free again).
+	var items []byte
+	var itemsOff int64
+	{
+		lo, hi := int64(-1), int64(-1)
+		for _, id := range []GUID{vxItemFileParams, vxItemVirtualSize, vxItemLogical, vxItemPhysical, vxItemDiskID, vxItemLocator} {
+			if i, ok := found[id]; ok && ents[i].Len != 0 {
+				o, e := int64(ents[i].Off), int64(ents[i].Off)+int64(ents[i].Len)
+				if lo < 0 || o < lo {
+					lo = o
+				}
+				hi = max(hi, e)
+			}
+		}
+		if lo >= 0 && hi-lo <= int64(len(*bp)) {
+			items, itemsOff = (*bp)[:hi-lo], lo
+			if err := b.readMeta(items, b.metaOff+lo); err != nil {
+				return err
+			}
+		}
+	}
 	item := func(id GUID, min int, name string) ([]byte, error) {
 		i, ok := found[id]
 		if !ok {
@@ -399,6 +454,10 @@ func (b *vxBackend) readMetadata() error {
 			return nil, b.corrupt("vhdx-metadata-item", "the %s metadata item is %d bytes (want %d)", name, e.Len, min)
 		}
 		p := make([]byte, e.Len)
+		if o := int64(e.Off) - itemsOff; items != nil && o >= 0 && o+int64(e.Len) <= int64(len(items)) {
+			copy(p, items[o:])
+			return p, nil
+		}
 		if err := b.readMeta(p, b.metaOff+int64(e.Off)); err != nil {
 			return nil, err
 		}

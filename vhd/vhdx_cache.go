@@ -9,6 +9,9 @@ type vxPageCache struct {
 	max int
 	m   map[int64]*list.Element
 	lru list.List
+	// last is the element get returned last: a run of lookups in one page
+	// (a block table walk) skips the map and the LRU move.
+	last *list.Element
 }
 
 type vxPage struct {
@@ -24,8 +27,12 @@ func newVXPageCache(max int) *vxPageCache {
 }
 
 func (c *vxPageCache) get(off int64) []byte {
+	if e := c.last; e != nil && e.Value.(*vxPage).off == off {
+		return e.Value.(*vxPage).data
+	}
 	if e, ok := c.m[off]; ok {
 		c.lru.MoveToFront(e)
+		c.last = e
 		return e.Value.(*vxPage).data
 	}
 	return nil
@@ -40,6 +47,9 @@ func (c *vxPageCache) put(off int64, data []byte) {
 	c.m[off] = c.lru.PushFront(&vxPage{off, data})
 	for c.lru.Len() > c.max {
 		e := c.lru.Back()
+		if e == c.last {
+			c.last = nil
+		}
 		c.lru.Remove(e)
 		delete(c.m, e.Value.(*vxPage).off)
 	}
@@ -48,4 +58,5 @@ func (c *vxPageCache) put(off int64, data []byte) {
 func (c *vxPageCache) reset() {
 	c.m = make(map[int64]*list.Element)
 	c.lru.Init()
+	c.last = nil
 }

@@ -117,6 +117,9 @@ type ParseOptions struct {
 	// NoResolve skips resolving drive paths and listing state files (no
 	// file-system access besides the configuration).
 	NoResolve bool
+	// view answers file-system questions from what a scan read (nil: the
+	// file system).
+	view *fsView
 }
 
 // ParseConfig reads the VM or checkpoint configuration at path: VMCX when the
@@ -406,15 +409,15 @@ func (c *Config) finish(opts *ParseOptions) {
 	for _, ds := range [][]DriveRef{c.Disks, c.Media} {
 		for i := range ds {
 			d := &ds[i]
-			d.LocalPath, d.Resolved, d.Exists = ResolvePath(d.WindowsPath, c.Path, opts.PathMap)
+			d.LocalPath, d.Resolved, d.Exists = resolvePath(opts.view, d.WindowsPath, c.Path, opts.PathMap)
 		}
 	}
-	c.StateFiles = stateFilesNear(c)
+	c.StateFiles = stateFilesNear(opts.view, c)
 }
 
 // stateFilesNear lists <dir>/<id>/*.bin|*.vsv and <dir>/<id>.vmrs|.vmgs for
 // the configuration's ID (and checkpoint ID).
-func stateFilesNear(c *Config) []StateFile {
+func stateFilesNear(v *fsView, c *Config) []StateFile {
 	dir := filepath.Dir(c.Path)
 	ids := []string{c.ID}
 	if c.CheckpointID != "" && c.CheckpointID != c.ID {
@@ -426,7 +429,7 @@ func stateFilesNear(c *Config) []StateFile {
 		if seen[p] {
 			return
 		}
-		if sf, ok := statStateFile(p); ok {
+		if sf, ok := v.statStateFile(p); ok {
 			seen[p] = true
 			out = append(out, sf)
 		}
@@ -435,8 +438,8 @@ func stateFilesNear(c *Config) []StateFile {
 		if id == "" {
 			continue
 		}
-		if sub, ok := dirFold(dir, id); ok {
-			if ents, err := os.ReadDir(sub); err == nil {
+		if sub, ok := v.dirFold(dir, id); ok {
+			if ents, err := v.readDir(sub); err == nil {
 				for _, e := range ents {
 					if t := stateType(e.Name()); t == "bin" || t == "vsv" {
 						add(filepath.Join(sub, e.Name()))
@@ -445,7 +448,7 @@ func stateFilesNear(c *Config) []StateFile {
 			}
 		}
 		for _, ext := range []string{".vmrs", ".vmgs", ".bin", ".vsv"} {
-			if p, ok := findFold(dir, id+ext); ok {
+			if p, ok := v.findFold(dir, id+ext); ok {
 				add(p)
 			}
 		}
@@ -455,12 +458,15 @@ func stateFilesNear(c *Config) []StateFile {
 }
 
 // dirFold finds the sub-folder of dir named name, case-insensitively.
-func dirFold(dir, name string) (string, bool) {
+func (v *fsView) dirFold(dir, name string) (string, bool) {
+	if v.noFoldMatch(dir, name) {
+		return "", false
+	}
 	p := filepath.Join(dir, name)
 	if fi, err := os.Stat(p); err == nil && fi.IsDir() {
 		return p, true
 	}
-	ents, err := os.ReadDir(dir)
+	ents, err := v.readDir(dir)
 	if err != nil {
 		return "", false
 	}
@@ -473,11 +479,16 @@ func dirFold(dir, name string) (string, bool) {
 }
 
 // statStateFile describes the state file at p.
-func statStateFile(p string) (StateFile, bool) {
-	fi, err := os.Stat(p)
+func (v *fsView) statStateFile(p string) (StateFile, bool) {
+	fi, err := v.stat(p)
 	if err != nil || !fi.Mode().IsRegular() {
 		return StateFile{}, false
 	}
+	return stateFileOf(p, fi), true
+}
+
+// stateFileOf describes the state file at p from its stat.
+func stateFileOf(p string, fi os.FileInfo) StateFile {
 	owner := guidOf(strings.TrimSuffix(filepath.Base(p), filepath.Ext(p)))
 	if owner == "" {
 		owner = guidOf(filepath.Base(filepath.Dir(p)))
@@ -485,7 +496,7 @@ func statStateFile(p string) (StateFile, bool) {
 	return StateFile{
 		Path: p, Type: stateType(p), OwnerID: owner,
 		Size: fi.Size(), Allocated: allocatedBytes(fi), ModTime: fi.ModTime(),
-	}, true
+	}
 }
 
 // stateType returns "bin", "vsv", "vmrs", "vmgs" for a state file name, or "".

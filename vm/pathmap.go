@@ -41,23 +41,28 @@ const (
 // exists. When nothing exists, local is the mapped path (rule RuleMap) if the
 // map applied, else "".
 func ResolvePath(win, configPath string, pm PathMapper) (local, rule string, exists bool) {
+	return resolvePath(nil, win, configPath, pm)
+}
+
+// resolvePath is ResolvePath asking v about the file system.
+func resolvePath(v *fsView, win, configPath string, pm PathMapper) (local, rule string, exists bool) {
 	if strings.TrimSpace(win) == "" {
 		return "", "", false
 	}
 	var mapped string
 	if pm != nil {
 		if l, ok := pm.ToLocal(win); ok && l != "" {
-			if isFile(l) {
+			if v.isFile(l) {
 				return l, RuleMap, true
 			}
 			// Windows names are case-insensitive; a copy on Linux is not.
-			if p, ok := findFold(filepath.Dir(l), filepath.Base(l)); ok {
+			if p, ok := v.findFold(filepath.Dir(l), filepath.Base(l)); ok {
 				return p, RuleMap, true
 			}
 			mapped = l
 		}
 	}
-	if runtime.GOOS == "windows" && isWinAbs(win) && isFile(win) {
+	if runtime.GOOS == "windows" && isWinAbs(win) && v.isFile(win) {
 		return win, RuleNative, true
 	}
 	if name := winBase(win); name != "" && name != "." && name != ".." && configPath != "" {
@@ -73,7 +78,7 @@ func ResolvePath(win, configPath string, pm PathMapper) (local, rule string, exi
 			cands = append(cands, cand{root, RuleVMRoot})
 		}
 		for _, c := range cands {
-			if p, ok := findFold(c.dir, name); ok {
+			if p, ok := v.findFold(c.dir, name); ok {
 				return p, c.rule, true
 			}
 		}
@@ -97,19 +102,24 @@ func vmRoot(configPath string) string {
 
 // findFold returns dir/name if it is a file, else the file in dir whose name
 // equals name case-insensitively.
-func findFold(dir, name string) (string, bool) {
+func findFold(dir, name string) (string, bool) { return (*fsView)(nil).findFold(dir, name) }
+
+func (v *fsView) findFold(dir, name string) (string, bool) {
+	if v.noFoldMatch(dir, name) {
+		return "", false
+	}
 	p := filepath.Join(dir, name)
-	if isFile(p) {
+	if v.isFile(p) {
 		return p, true
 	}
-	ents, err := os.ReadDir(dir)
+	ents, err := v.readDir(dir)
 	if err != nil {
 		return "", false
 	}
 	for _, e := range ents {
 		if strings.EqualFold(e.Name(), name) {
 			q := filepath.Join(dir, e.Name())
-			if isFile(q) {
+			if v.isFile(q) {
 				return q, true
 			}
 		}

@@ -94,7 +94,7 @@ func ScanContext(ctx context.Context, roots []string, opts ScanOptions) (*Store,
 	if opts.MaxDepth <= 0 {
 		opts.MaxDepth = 64
 	}
-	w := &walker{ctx: ctx, opts: opts, sem: make(chan struct{}, opts.Workers)}
+	w := &walker{ctx: ctx, opts: opts, sem: make(chan struct{}, opts.Workers), view: newFSView()}
 	for _, r := range roots {
 		fi, err := os.Stat(r)
 		if err != nil {
@@ -153,6 +153,9 @@ type walker struct {
 	sem  chan struct{}
 	wg   sync.WaitGroup
 
+	// view keeps the folders listed and files stat'ed for config parsing.
+	view *fsView
+
 	mu       sync.Mutex
 	configs  []configCand
 	disks    []DiskFile
@@ -182,6 +185,7 @@ func (w *walker) dir(dir string, depth int) {
 		w.warn(dir, "cannot read folder: %v", err)
 		// ReadDir returns what it could read before the error.
 	}
+	w.view.putDir(dir, ents, err)
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
 		link := e.Type()&fs.ModeSymlink != 0
@@ -220,6 +224,7 @@ func (w *walker) dir(dir string, depth int) {
 		if !fi.Mode().IsRegular() {
 			continue // links to folders are not followed (no loops)
 		}
+		w.view.putStat(p, fi)
 		w.file(p, fi, link)
 	}
 }
@@ -294,9 +299,7 @@ func (w *walker) file(p string, fi os.FileInfo, link bool) {
 			Size: fi.Size(), Allocated: allocatedBytes(fi), ModTime: fi.ModTime(),
 		})
 	case catState:
-		if sf, ok := statStateFile(p); ok {
-			w.states = append(w.states, sf)
-		}
+		w.states = append(w.states, stateFileOf(p, fi))
 	case catConfig, catCheckpoint:
 		w.configs = append(w.configs, configCand{path: p, checkpoint: cat == catCheckpoint, viaLink: link})
 	case catHost:
@@ -330,7 +333,11 @@ type parsed struct {
 // parseConfigs parses the candidate configurations with the worker pool.
 func (w *walker) parseConfigs() []parsed {
 	out := make([]parsed, len(w.configs))
-	jobs := make(chan int)
+	jobs := make(chan int, len(w.configs))
+	for i := range w.configs {
+		jobs <- i
+	}
+	close(jobs)
 	var wg sync.WaitGroup
 	for range w.opts.Workers {
 		wg.Add(1)
@@ -338,15 +345,11 @@ func (w *walker) parseConfigs() []parsed {
 			defer wg.Done()
 			for i := range jobs {
 				c := w.configs[i]
-				cfg, err := ParseConfig(c.path, &ParseOptions{PathMap: w.opts.PathMap})
+				cfg, err := ParseConfig(c.path, &ParseOptions{PathMap: w.opts.PathMap, view: w.view})
 				out[i] = parsed{configCand: c, cfg: cfg, err: err}
 			}
 		}()
 	}
-	for i := range w.configs {
-		jobs <- i
-	}
-	close(jobs)
 	wg.Wait()
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"unicode/utf16"
@@ -23,7 +24,7 @@ const maxXMLSize = 32 << 20
 // UTF-8. Leaves are typed by their `type` attribute (string, integer, bool,
 // bytes). path names the file in errors.
 func ReadXMLTree(r io.Reader, path string) (*Key, error) {
-	raw, err := io.ReadAll(io.LimitReader(r, maxXMLSize+1))
+	raw, err := readAllSized(r, maxXMLSize+1)
 	if err != nil {
 		return nil, &Error{Path: path, Offset: -1, Msg: "cannot read", Err: err}
 	}
@@ -33,6 +34,9 @@ func ReadXMLTree(r io.Reader, path string) (*Key, error) {
 	text, err := decodeXMLText(raw)
 	if err != nil {
 		return nil, &Error{Path: path, Offset: -1, Msg: err.Error(), Err: ErrCorrupt}
+	}
+	if root, ok := parseXMLTreeFast(text); ok {
+		return root, nil
 	}
 	root, err := parseXMLTree(text)
 	if err != nil {
@@ -59,16 +63,63 @@ func decodeXMLText(b []byte) (string, error) {
 	return string(b), nil
 }
 
+// utf16Text is string(utf16.Decode(units of b)) (a trailing odd byte is
+// dropped; unpaired surrogates become U+FFFD), without the intermediate
+// slices.
 func utf16Text(b []byte, bigEndian bool) string {
-	u := make([]uint16, len(b)/2)
-	for i := range u {
+	n := len(b) / 2
+	unit := func(i int) rune {
 		if bigEndian {
-			u[i] = uint16(b[2*i])<<8 | uint16(b[2*i+1])
-		} else {
-			u[i] = uint16(b[2*i]) | uint16(b[2*i+1])<<8
+			return rune(b[2*i])<<8 | rune(b[2*i+1])
+		}
+		return rune(b[2*i]) | rune(b[2*i+1])<<8
+	}
+	out := make([]byte, 0, n+n/8)
+	for i := 0; i < n; i++ {
+		r := unit(i)
+		switch {
+		case r < utf8.RuneSelf:
+			out = append(out, byte(r))
+			continue
+		case utf16.IsSurrogate(r) && r < 0xDC00 && i+1 < n:
+			if r2 := unit(i + 1); r2 >= 0xDC00 && r2 < 0xE000 {
+				r = utf16.DecodeRune(r, r2)
+				i++
+			} else {
+				r = utf8.RuneError
+			}
+		case utf16.IsSurrogate(r):
+			r = utf8.RuneError
+		}
+		out = utf8.AppendRune(out, r)
+	}
+	return string(out)
+}
+
+// readAllSized is io.ReadAll(io.LimitReader(r, limit)), starting with a
+// buffer of the file's size when r is a file.
+func readAllSized(r io.Reader, limit int64) ([]byte, error) {
+	size := int64(512)
+	if f, ok := r.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			size = min(fi.Size(), limit) + 1 // +1: EOF is seen without growing
 		}
 	}
-	return string(utf16.Decode(u))
+	lr := io.LimitReader(r, limit)
+	b := make([]byte, 0, size)
+	for {
+		n, err := lr.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 type xmlFrame struct {
