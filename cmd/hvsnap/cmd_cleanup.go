@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -52,6 +53,7 @@ Examples:
 }
 
 func runCleanup(c *cli.Context) error {
+	debug.SetMemoryLimit(mergeMemoryLimit)
 	if c.NArg() == 0 {
 		return usagef("cleanup: give at least one ROOT folder")
 	}

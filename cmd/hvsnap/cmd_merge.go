@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -78,7 +79,12 @@ func mergeOptions(c *cli.Context) (*merge.Options, error) {
 	return &merge.Options{PathMap: pm, Into: c.String("into"), Roots: c.StringSlice("root"), Keep: c.Bool("keep"), Margin: margin}, nil
 }
 
+// mergeMemoryLimit keeps a merge's heap small whatever the disk size (the
+// copy pipeline and page caches are bounded; this bounds the garbage too).
+const mergeMemoryLimit = 40 << 20
+
 func runMerge(c *cli.Context) error {
+	debug.SetMemoryLimit(mergeMemoryLimit)
 	o, err := mergeOptions(c)
 	if err != nil {
 		return err
