@@ -915,12 +915,19 @@ func (b *vxBackend) writeWindow(p []byte, off int64, parent io.ReaderAt) error {
 			if fromParent && parent == nil {
 				return newErr(b.path, ErrParentNotFound, "vhdx-parent-needed", "writing into an empty block of a differencing disk needs its parent's data")
 			}
-			if chunkBuf == nil {
-				chunkBuf = make([]byte, MiB)
-			}
 			newOff := vxRoundUp(b.realSize, MiB)
 			vbase := blk * g.bs
 			for c := int64(0); c < g.bs; c += MiB {
+				if in <= c && c+MiB <= in+n {
+					// The new data covers this MiB: write it as it is.
+					if err := writeFull(b.f, seg[c-in:c-in+MiB], newOff+c); err != nil {
+						return b.ioErr(err)
+					}
+					continue
+				}
+				if chunkBuf == nil {
+					chunkBuf = make([]byte, MiB)
+				}
 				buf := chunkBuf
 				clear(buf)
 				if fromParent && vbase+c < g.vsize {
