@@ -11,9 +11,15 @@ import (
 // commits them; a crash before the commit leaves the file as it was (opens,
 // checks clean, old content).
 func TestWriteBatch(t *testing.T) {
+	for _, f := range []Format{FormatVHDX, FormatVHD} {
+		t.Run(string(f), func(t *testing.T) { testWriteBatch(t, f) })
+	}
+}
+
+func testWriteBatch(t *testing.T, f Format) {
 	dir := t.TempDir()
-	p := filepath.Join(dir, "b.vhdx")
-	im, err := Create(p, CreateSpec{Format: FormatVHDX, Type: TypeDynamic, Size: 64 * MiB, BlockSize: 1 * MiB}, nil)
+	p := filepath.Join(dir, "b."+string(f))
+	im, err := Create(p, CreateSpec{Format: f, Type: TypeDynamic, Size: 64 * MiB, BlockSize: 1 * MiB}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +50,7 @@ func TestWriteBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	crashed := filepath.Join(dir, "crashed.vhdx")
+	crashed := filepath.Join(dir, "crashed."+string(f))
 	if err := os.WriteFile(crashed, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}

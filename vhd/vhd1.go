@@ -13,10 +13,15 @@ import (
 
 // v1Disk is one open VHD file.
 type v1Disk struct {
-	mu   sync.Mutex
-	f    File
-	path string
-	rw   bool
+	mu sync.Mutex
+	// Batched allocation (SetWriteBatch): BAT entries of new blocks are
+	// written together when the batch commits.
+	batchMax  int64
+	pend      []v1PendingEntry
+	pendBytes int64
+	f         File
+	path      string
+	rw        bool
 
 	ft v1Footer // the footer in use (trailing, or the copy at 0)
 	// footerOff is where the trailing footer sits; it is also where the next
@@ -500,6 +505,11 @@ func (d *v1Disk) lookupLocked(off, maxLen int64) (Run, error) {
 func (d *v1Disk) flush() error {
 	if !d.rw {
 		return nil
+	}
+	if len(d.pend) > 0 {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.commitPending()
 	}
 	if err := d.f.Sync(); err != nil {
 		return d.ioErr(err)
