@@ -478,3 +478,65 @@ func TestMergeIntoQemuZeroBlocks(t *testing.T) {
 	}
 	oracleCompare(t, base, m.data)
 }
+
+// failingFile fails every write from the n-th on (a crash in the middle of
+// a VHDX log transaction leaves a dirty log).
+type failingFile struct {
+	vhd.File
+	n *int
+}
+
+func (f failingFile) WriteAt(p []byte, off int64) (int, error) {
+	*f.n--
+	if *f.n < 0 {
+		return 0, errors.New("injected crash")
+	}
+	return f.File.WriteAt(p, off)
+}
+
+// A child with a dirty log: the merge replays it first, and the result
+// reads what the chain showed (log replayed).
+func TestMergeDirtyLog(t *testing.T) {
+	for n := 1; n < 40; n++ {
+		dir := t.TempDir()
+		paths, _ := buildChain(t, dir, []layerSpec{
+			{"base.vhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 16 * MiB, BlockSize: 1 * MiB}, 4, false},
+			{"c.avhdx", vhd.CreateSpec{BlockSize: 1 * MiB}, 4, false},
+		}, 9)
+		leaf := paths[1]
+		left := n
+		c, err := vhd.OpenChain(leaf, &vhd.Options{Wrap: func(f vhd.File) vhd.File { return failingFile{f, &left} }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.WriteAt(bytes.Repeat([]byte{0xEE}, 3*MiB), 5*MiB) // fails part-way
+		c.Close()
+		im, err := vhd.Open(leaf, &vhd.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatalf("n=%d: %v", n, err)
+		}
+		dirty := im.Info().LogReplayed
+		im.Close()
+		if !dirty {
+			continue
+		}
+		want := chainBytes(t, leaf) // what readers see: the log replayed in memory
+		o := &Options{Volumes: bigVolumes, Roots: []string{dir}}
+		p, err := PlanMerge(leaf, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(strings.Join(p.Notes, " "), "dirty VHDX log") {
+			t.Errorf("plan does not mention the dirty log: %v", p.Notes)
+		}
+		if _, err := Run(p, o, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := chainBytes(t, paths[0]); !bytes.Equal(got, want) {
+			t.Fatalf("merged base differs at %d", firstDiff(got, want))
+		}
+		checkClean(t, paths[0])
+		return
+	}
+	t.Fatal("no write count left a dirty log: the test would not test it")
+}

@@ -205,6 +205,11 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	for _, m := range o.PathMap {
 		p.PathMap = append(p.PathMap, m.String())
 	}
+	for i := 0; i <= k; i++ {
+		if ch.Layers[i].Info().LogReplayed {
+			p.Notes = append(p.Notes, fmt.Sprintf("%s has a dirty VHDX log (an interrupted write): it is replayed onto the file before the merge writes anything", layers[i]))
+		}
+	}
 	if !st.Scanned {
 		p.Notes = append(p.Notes, fmt.Sprintf("no VM configuration found under %s: configurations naming these disks cannot be checked or updated (use --root)", strings.Join(roots, ", ")))
 	}
