@@ -235,3 +235,40 @@ func mustSize(t *testing.T, p string) int64 {
 	}
 	return fi.Size()
 }
+
+// --all: every drive chain of the VM into its base (two deleted
+// checkpoints: a 3-deep chain), the config then names the base.
+func TestCLIMergeAll(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "VMs")
+	web, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", LiveWriteBytes: 2 << 20, DiskMergePending: true,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1, WriteBytes: 1 << 20, Deleted: true}, {Parent: 0, WriteBytes: 1 << 20, Deleted: true}}, CurrentAfter: storetest.LatestCheckpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(web.Chain) != 3 {
+		t.Fatalf("chain %v", web.Chain)
+	}
+	want, _ := web.LiveSHA256()
+	pm := storetest.WindowsRoot + "=" + root
+	out := mustHV(t, "merge", "--all", web.Dir, "--yes", "--json", "--path-map", pm)
+	var res struct {
+		Results []struct {
+			Merged  []string `json:"merged"`
+			Removed []string `json:"removed"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Results) != 1 || len(res.Results[0].Removed) != 2 {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got, err := storetest.ChainSHA256(web.Base, web.PathMap); err != nil || got != want {
+		t.Fatalf("base content: %v", err)
+	}
+	cfg, err := vm.ParseConfig(web.ConfigPath, &vm.ParseOptions{PathMap: web.PathMap})
+	if err != nil || cfg.Disks[0].LocalPath != web.Base {
+		t.Fatalf("config: %v %+v", err, cfg.Disks)
+	}
+	// Nothing left: exit 0 with "nothing to merge".
+	if out := mustHV(t, "merge", "--all", web.Dir, "--yes", "--path-map", pm); !strings.Contains(out, "nothing to merge") {
+		t.Fatalf("second --all: %s", out)
+	}
+}
