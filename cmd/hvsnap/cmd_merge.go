@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/hvsnap/hvsnap/internal/journal"
 	"github.com/hvsnap/hvsnap/merge"
 	"github.com/hvsnap/hvsnap/vhd"
 	"github.com/hvsnap/hvsnap/vm"
@@ -370,4 +371,25 @@ func confirm(w io.Writer, r io.Reader, q string) bool {
 	line, _ := bufio.NewReader(r).ReadString('\n')
 	line = strings.TrimSpace(strings.ToLower(line))
 	return line == "y" || line == "yes"
+}
+
+// finishInterrupted is called by commands that modify disk files: an
+// unfinished merge of any of paths is finished first (so the command never
+// works on a half-merged chain); an unfinished operation of another kind is
+// refused with its resume command.
+func finishInterrupted(c *cli.Context, pm vhd.PathMap, paths ...string) error {
+	js, err := journal.Involving(paths...)
+	if err != nil {
+		return err
+	}
+	for _, j := range js {
+		if j.Header.Op != "merge" {
+			return fmt.Errorf("%s: an unfinished %s (%s) involves this disk; finish it first: hvsnap %s --resume %s", paths[0], j.Header.Op, j.Path, j.Header.Op, j.Path)
+		}
+		fmt.Fprintf(c.App.ErrWriter, "hvsnap: finishing the interrupted merge recorded in %s first\n", j.Path)
+		if _, err := merge.Resume(j.Path, &merge.Options{PathMap: pm}, reporter(c)); err != nil {
+			return mergeErr(err)
+		}
+	}
+	return nil
 }

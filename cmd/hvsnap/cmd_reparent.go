@@ -41,6 +41,9 @@ func runReparent(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := finishInterrupted(c, pm, child); err != nil {
+		return err
+	}
 	res, err := vhd.Reparent(child, c.String("parent"), vhd.ReparentOptions{PathMap: pm, IgnoreIDMismatch: c.Bool("ignore-id-mismatch")})
 	if err != nil {
 		return err

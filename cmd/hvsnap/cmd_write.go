@@ -51,6 +51,9 @@ func runWrite(c *cli.Context) error {
 	if err != nil {
 		return usagef("write: --offset: %v", err)
 	}
+	if err := finishInterrupted(c, pm, path); err != nil {
+		return err
+	}
 	var src io.Reader
 	var total int64 = -1
 	switch {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,9 @@ import (
 
 	"github.com/hvsnap/hvsnap/internal/lock"
 	"github.com/hvsnap/hvsnap/internal/storetest"
+	"github.com/hvsnap/hvsnap/merge"
+	"github.com/hvsnap/hvsnap/space"
+	"github.com/hvsnap/hvsnap/vhd"
 	"github.com/hvsnap/hvsnap/vm"
 )
 
@@ -271,4 +275,48 @@ func TestCLIMergeAll(t *testing.T) {
 	if out := mustHV(t, "merge", "--all", web.Dir, "--yes", "--path-map", pm); !strings.Contains(out, "nothing to merge") {
 		t.Fatalf("second --all: %s", out)
 	}
+}
+
+type failAfter struct {
+	vhd.File
+	n *int
+}
+
+func (f failAfter) WriteAt(p []byte, off int64) (int, error) {
+	if *f.n--; *f.n < 0 {
+		return 0, errors.New("injected failure")
+	}
+	return f.File.WriteAt(p, off)
+}
+
+// A command that writes a disk finishes an interrupted merge of its chain
+// first.
+func TestCLIWriteFinishesInterruptedMerge(t *testing.T) {
+	dir := t.TempDir()
+	base, c, gc := filepath.Join(dir, "base.vhdx"), filepath.Join(dir, "c.avhdx"), filepath.Join(dir, "gc.avhdx")
+	mustHV(t, "create", "--size", "32M", base)
+	mustHV(t, "write", "--offset", "1M", "--fill", "0x11", "--length", "3M", base)
+	mustHV(t, "create", "--parent", base, c)
+	mustHV(t, "write", "--offset", "2M", "--fill", "0x22", "--length", "6M", c)
+	mustHV(t, "create", "--parent", c, gc)
+	left := 3
+	o := &merge.Options{Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}, Wrap: func(f vhd.File) vhd.File { return failAfter{f, &left} }}
+	p, err := merge.PlanMerge(c, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := merge.Run(p, o, nil); err == nil {
+		t.Fatal("the injected failure did not stop the merge")
+	}
+	if js, _ := merge.FindJournals(dir); len(js) != 1 {
+		t.Fatalf("journals: %v", js)
+	}
+	code, _, errs := hv(t, "write", "--offset", "0", "--fill", "0x33", "--length", "4096", gc)
+	if code != 0 || !strings.Contains(errs, "finishing the interrupted merge") {
+		t.Fatalf("write: exit %d %s", code, errs)
+	}
+	if _, err := os.Stat(c); !os.IsNotExist(err) {
+		t.Fatal("the interrupted merge was not finished")
+	}
+	mustHV(t, "check", gc)
 }
