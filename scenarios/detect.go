@@ -1084,7 +1084,7 @@ func (d *detector) orphans() {
 		return
 	}
 	x := &Detection{Scenario: OrphanedDisks, Severity: SeverityWarning, Title: "orphaned differencing disks",
-		Findings: []string{space.FindOrphan}, Warnings: []string{"An orphan here may belong to a VM on another host or volume that is not scanned: check before removing it."}}
+		Findings: []string{space.FindOrphan}, Warnings: []string{"Before running the plan: make sure no VM on another host or volume uses these disks (an orphan here may belong to a VM whose configuration is not under the scanned roots). --execute --yes takes that as confirmed."}}
 	var total int64
 	for _, f := range fs {
 		x.Volumes = appendUniq(x.Volumes, f.Volume)
@@ -1095,7 +1095,6 @@ func (d *detector) orphans() {
 	args := append([]string{"cleanup", "--orphans"}, d.pmArgs()...)
 	x.Plan = append(x.Plan,
 		checkStep("see what would be removed", append(append([]string{}, args...), append([]string{"--dry-run"}, d.rep.Roots...)...)...),
-		manualStep("make sure no VM on another host or volume uses these disks (their configurations are not under the scanned roots)", ""),
 		runStep("remove the orphaned leaves (hvsnap re-checks each under a lock right before removing it)", append(args, d.rep.Roots...)...),
 		d.diagnoseStep("check the store again"))
 	d.add(x)
