@@ -652,3 +652,60 @@ func (l *Lab) Summary() []string {
 	out = append(out, l.Notes...)
 	return out
 }
+
+// LabCheck is the content check of one lab VM.
+type LabCheck struct {
+	VM   string `json:"vm"`
+	Disk string `json:"disk"` // the disk its configuration names now
+	Want string `json:"want"`
+	Got  string `json:"got"`
+	OK   bool   `json:"ok"`
+	Err  string `json:"error,omitempty"`
+}
+
+// VerifyLab reads every VM of the lab through the disk its configuration
+// names now (after merges, relocations, re-pointing) and compares its
+// content with what the lab recorded (LiveSHA256, or AfterSHA256 when the
+// scenario loses data by nature).
+func VerifyLab(l *Lab) ([]LabCheck, error) {
+	pm, err := l.PathMapParsed()
+	if err != nil {
+		return nil, err
+	}
+	st, err := vm.Scan(l.Roots, vm.ScanOptions{PathMap: pm})
+	if err != nil {
+		return nil, err
+	}
+	var out []LabCheck
+	for _, lv := range l.VMs {
+		c := LabCheck{VM: lv.Name, Want: lv.LiveSHA256}
+		if lv.AfterSHA256 != "" {
+			c.Want = lv.AfterSHA256
+		}
+		n := 0
+		for _, v := range st.VMs {
+			if v.Config.Name != lv.Name {
+				continue
+			}
+			n++
+			if len(v.Config.Disks) == 0 || !v.Config.Disks[0].Exists {
+				c.Err = "its configuration names no existing disk"
+				continue
+			}
+			c.Disk = v.Config.Disks[0].LocalPath
+			c.Got, err = storetest.ChainSHA256(c.Disk, pm)
+			if err != nil {
+				c.Err = err.Error()
+			}
+		}
+		switch {
+		case n == 0:
+			c.Err = "VM not found under " + strings.Join(l.Roots, ", ")
+		case n > 1:
+			c.Err = fmt.Sprintf("VM found %d times (a copy left behind?)", n)
+		}
+		c.OK = c.Err == "" && c.Got == c.Want
+		out = append(out, c)
+	}
+	return out, nil
+}

@@ -16,7 +16,7 @@ func cmdLab() *cli.Command {
 	return &cli.Command{
 		Name:      "lab",
 		Usage:     "build a realistic store for a scenario on real small volumes (tmpfs), to rehearse its runbook",
-		ArgsUsage: "SCENARIO --root DIR | list | teardown --root DIR",
+		ArgsUsage: "SCENARIO --root DIR | list | verify --root DIR | teardown --root DIR",
 		Description: `hvsnap lab SCENARIO --root DIR mounts small tmpfs volumes under DIR (DIR/d,
 DIR/e, ...), builds VMs on them with Hyper-V XML configurations, checkpoint
 trees and disks of known content, and breaks them the way the scenario says
@@ -35,8 +35,10 @@ namespaces) and starts a shell there (or runs the command given after --):
 the volumes exist only inside it and go when it exits. Otherwise it fails
 with a clear error.
 
-hvsnap lab list shows the scenarios; hvsnap lab teardown --root DIR
-unmounts the volumes and removes DIR.
+hvsnap lab list shows the scenarios; hvsnap lab verify --root DIR reads
+every VM through the disk its configuration names now and compares the
+content with the recorded hash (exit 1 when one differs); hvsnap lab
+teardown --root DIR unmounts the volumes and removes DIR.
 
 Examples:
    sudo hvsnap lab merge-cannot-fit --root /tmp/lab
@@ -50,6 +52,13 @@ Examples:
 		},
 		Action: runLab,
 	}
+}
+
+func short(h string) string {
+	if len(h) > 16 {
+		return h[:16]
+	}
+	return h
 }
 
 func runLab(c *cli.Context) error {
@@ -69,6 +78,45 @@ func runLab(c *cli.Context) error {
 		}
 		for _, s := range scenarios.LabScenarios() {
 			fmt.Fprintf(c.App.Writer, "%-18s %s: %s\n", s.ID, s.Title, s.Summary)
+		}
+		return nil
+	case "verify":
+		root := c.String("root")
+		if root == "" && len(rest) == 1 {
+			root = rest[0]
+		}
+		if root == "" {
+			return usagef("lab verify: --root DIR is required")
+		}
+		l, err := scenarios.ReadLab(root)
+		if err != nil {
+			return fmt.Errorf("lab verify: %w", err)
+		}
+		checks, err := scenarios.VerifyLab(l)
+		if err != nil {
+			return fmt.Errorf("lab verify: %w", err)
+		}
+		bad := 0
+		if c.Bool("json") {
+			if err := writeJSON(c.App.Writer, checks); err != nil {
+				return err
+			}
+		}
+		for _, k := range checks {
+			if !k.OK {
+				bad++
+			}
+			if c.Bool("json") {
+				continue
+			}
+			state := "same content"
+			if !k.OK {
+				state = "DIFFERENT " + k.Err
+			}
+			fmt.Fprintf(c.App.Writer, "VM %-6s %s\n  disk   %s\n  sha256 %s (recorded %s)\n", k.VM, state, k.Disk, short(k.Got), short(k.Want))
+		}
+		if bad > 0 {
+			return &exitErr{code: exitError, msg: fmt.Sprintf("lab verify: %d VM(s) do not read as recorded", bad)}
 		}
 		return nil
 	case "teardown":
@@ -101,7 +149,7 @@ func runLab(c *cli.Context) error {
 	if len(rest) > 0 && rest[0] == "--" {
 		rest = rest[1:]
 	}
-	if os.Geteuid() != 0 && os.Getenv("HVSNAP_LAB_NS") == "" {
+	if os.Geteuid() != 0 && os.Getenv("HVSNAP_LAB_NS") == "" && os.Getenv("HVSNAP_LAB_NO_NS") == "" {
 		return labInNamespace(c, what, root, rest)
 	}
 	l, err := scenarios.BuildLab(what, root)

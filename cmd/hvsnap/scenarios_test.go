@@ -208,6 +208,9 @@ func TestScenarioLabs(t *testing.T) {
 					t.Errorf("VM %s reads %s, want %s", name, got[name], h)
 				}
 			}
+			if out := mustHV(t, "lab", "verify", "--root", l.Root); strings.Contains(out, "DIFFERENT") {
+				t.Errorf("lab verify:\n%s", out)
+			}
 			if c.after != nil {
 				c.after(t, l)
 			}
