@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # A walk-through of the disk commands on images made in a temporary folder:
 # build a VHDX checkpoint chain and a VHD one, inspect, check, flatten, and
-# prove by content hash that the flattened disk reads the same as the chain.
+# prove by content hash that the flattened disk reads the same as the chain;
+# then the recovery story on a lab (tmpfs volumes; root, or a private user
+# namespace): diagnose a store where a merge cannot fit (0x80070070), show the
+# plan, relocate with merge and move back, and prove by content hash that the
+# VM's disks read the same.
 set -euo pipefail
+# The lab part mounts tmpfs volumes: as a normal user, run the whole demo in
+# a private user and mount namespace when the kernel allows it.
+if [ "$(id -u)" != 0 ] && [ -z "${HVSNAP_DEMO_NS:-}" ] && unshare -Urm true 2>/dev/null; then
+  exec env HVSNAP_DEMO_NS=1 unshare -Urm "$0" "$@"
+fi
+export HVSNAP_LAB_NO_NS=1 # hvsnap lab must not start its own namespace shell here
 bin=${1:-bin/hvsnap}
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 work=$(mktemp -d "${TMPDIR:-/tmp}/hvsnap-demo.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+lab="$work/lab"
+cleanup() { "$bin" -q lab teardown --root "$lab" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
 cd "$work"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run()  { printf '$ %s\n' "$*"; "$@"; }
@@ -66,6 +78,35 @@ echo "sha256 of the VM's disk before=$chain_sum after=$after"
 [ "$chain_sum" = "$after" ] || { echo "MISMATCH"; exit 1; }
 hvsnap info --chain 'base_6F1C2D3E-0000-4000-8000-000000000002.avhdx' | sed -n '/^Resolved parent/p;/^Chain/,/^$/p'
 run hvsnap check 'base_6F1C2D3E-0000-4000-8000-000000000002.avhdx'
+
+step "9. A store in trouble (a lab on real small tmpfs volumes): a deleted checkpoint's merge cannot fit on D:"
+if ! run hvsnap lab merge-cannot-fit --root "$lab"; then
+  echo "(the lab needs root for its tmpfs volumes, or a private user namespace: run make demo as root for the rest of the story)"
+  exit 0
+fi
+
+step "10. Diagnose: what is wrong, the evidence, the plan"
+run hvsnap diagnose "$lab"
+
+step "11. The runbook: numbered steps with the exact commands for this store"
+run hvsnap runbook merge-cannot-fit "$lab"
+
+step "12. Relocate to a volume with room, merge there, move back"
+if hvsnap relocate --help >/dev/null 2>&1; then
+  run hvsnap runbook merge-cannot-fit --execute --yes "$lab"
+else
+  echo "hvsnap relocate is not in this build yet: this step is not run here (the plan above is what it will do)."
+fi
+
+step "13. Prove it: the VMs' disks read the same as before (SHA-256 of their whole virtual content)"
+run hvsnap lab verify --root "$lab"
+run hvsnap diagnose "$lab"
+
+step "14. The same host with the checkpoint disks on a small snapshot volume: paused-critical"
+"$bin" -q lab teardown --root "$lab" >/dev/null
+run hvsnap lab paused-critical --root "$lab"
+run hvsnap diagnose "$lab"
+run hvsnap lab teardown --root "$lab"
 
 echo
 echo "demo finished: every step above ran on files in $work (removed now)"

@@ -70,48 +70,7 @@ func RewriteXMLDiskPath(path, oldWin, newWin string) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	var enc []byte
-	switch {
-	case bytes.HasPrefix(raw, []byte{0xFF, 0xFE}):
-		enc = append([]byte{0xFF, 0xFE}, utf16LE(out.String())...)
-	case bytes.HasPrefix(raw, []byte{0xFE, 0xFF}):
-		u := utf16.Encode([]rune(out.String()))
-		enc = []byte{0xFE, 0xFF}
-		for _, c := range u {
-			enc = append(enc, byte(c>>8), byte(c))
-		}
-	case bytes.HasPrefix(raw, []byte{0xEF, 0xBB, 0xBF}):
-		enc = append([]byte{0xEF, 0xBB, 0xBF}, out.String()...)
-	case len(raw) >= 2 && raw[0] != 0 && raw[1] == 0:
-		enc = utf16LE(out.String())
-	default:
-		enc = []byte(out.String())
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0, err
-	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".hvsnap-tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fi.Mode().Perm())
-	if err != nil {
-		return 0, err
-	}
-	if _, err := f.Write(enc); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return 0, fmt.Errorf("%s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return 0, fmt.Errorf("%s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return 0, err
-	}
-	if err := fsutil.AtomicRename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := writeXMLText(path, raw, out.String()); err != nil {
 		return 0, err
 	}
 	return n, nil
@@ -124,4 +83,54 @@ func utf16LE(s string) []byte {
 		b[2*i], b[2*i+1] = byte(c), byte(c>>8)
 	}
 	return b
+}
+
+// writeXMLText encodes text like raw (the file's original bytes: UTF-16LE
+// or BE with BOM, UTF-8 with or without BOM) and replaces path atomically.
+func writeXMLText(path string, raw []byte, text string) error {
+	var enc []byte
+	switch {
+	case bytes.HasPrefix(raw, []byte{0xFF, 0xFE}):
+		enc = append([]byte{0xFF, 0xFE}, utf16LE(text)...)
+	case bytes.HasPrefix(raw, []byte{0xFE, 0xFF}):
+		u := utf16.Encode([]rune(text))
+		enc = []byte{0xFE, 0xFF}
+		for _, c := range u {
+			enc = append(enc, byte(c>>8), byte(c))
+		}
+	case bytes.HasPrefix(raw, []byte{0xEF, 0xBB, 0xBF}):
+		enc = append([]byte{0xEF, 0xBB, 0xBF}, text...)
+	case len(raw) >= 2 && raw[0] != 0 && raw[1] == 0:
+		enc = utf16LE(text)
+	default:
+		enc = []byte(text)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".hvsnap-tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fi.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(enc); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("%s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("%s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := fsutil.AtomicRename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }

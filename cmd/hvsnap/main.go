@@ -66,6 +66,9 @@ Exit codes: 0 ok, 1 error, 2 usage error, 3 findings (check).`,
 			cmdCleanup(),
 			cmdExport(),
 			cmdImport(),
+			cmdDiagnose(),
+			cmdRunbook(),
+			cmdLab(),
 		},
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return usagef("%v (see hvsnap --help)", err)

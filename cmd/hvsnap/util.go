@@ -231,3 +231,48 @@ func (r *barReporter) Done() {
 		r.bar = nil
 	}
 }
+
+// interspersed returns the positional arguments of c, applying any of the
+// command's flags that follow a positional argument (urfave/cli stops at
+// the first one: `hvsnap runbook SCENARIO --execute ROOT`). Arguments after
+// "--" are returned as they are, after a "--" element.
+func interspersed(c *cli.Context) ([]string, error) {
+	byName := map[string]cli.Flag{}
+	for _, f := range c.Command.Flags {
+		for _, n := range f.Names() {
+			byName[n] = f
+		}
+	}
+	var pos []string
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(append(pos, "--"), args[i+1:]...), nil
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		f := byName[name]
+		if f == nil {
+			return nil, usagef("%s: unknown flag %s (see hvsnap %s --help)", c.Command.Name, a, c.Command.Name)
+		}
+		if _, ok := f.(*cli.BoolFlag); ok {
+			if !hasVal {
+				val = "true"
+			}
+		} else if !hasVal {
+			if i+1 >= len(args) {
+				return nil, usagef("%s: flag %s needs a value", c.Command.Name, a)
+			}
+			i++
+			val = args[i]
+		}
+		if err := c.Set(f.Names()[0], val); err != nil {
+			return nil, usagef("%s: %s: %v", c.Command.Name, a, err)
+		}
+	}
+	return pos, nil
+}
