@@ -164,16 +164,9 @@ func (d *detector) relocateTarget(mount string) string {
 	return ""
 }
 
-// usableTarget: not a pseudo or runtime file system (/proc, /sys, /dev,
-// /run), which the host's volume list may show with free space.
-func usableTarget(mount string) bool {
-	for _, p := range []string{"/proc", "/sys", "/dev", "/run"} {
-		if mount == p || strings.HasPrefix(mount, p+"/") {
-			return false
-		}
-	}
-	return true
-}
+// usableTarget: not a file system of the host's runtime state (see
+// space.SystemMount).
+func usableTarget(mount string) bool { return !space.SystemMount(mount) }
 
 func (d *detector) relocateStep(v *space.VM, target string, mergeToo, back bool) Step {
 	args := []string{"relocate", vmDir(v.ConfigPath), "--to", target}

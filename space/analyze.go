@@ -1059,7 +1059,7 @@ func (a *analysis) volumes() {
 			cands := []VolumeInfo{}
 			for _, vi := range a.vols {
 				sameFS := srcFS != "" && vi.FSID == srcFS // a bind mount of the same file system
-				if vi.Mount != v.Mount && !sameFS && !vi.ReadOnly && need > 0 && vi.Free >= need+a.th.CriticalFree {
+				if vi.Mount != v.Mount && !sameFS && !vi.ReadOnly && !SystemMount(vi.Mount) && need > 0 && vi.Free >= need+a.th.CriticalFree {
 					cands = append(cands, vi)
 				}
 			}
@@ -1162,4 +1162,17 @@ func human(n int64) string {
 func isCheckpointDisk(p string) bool {
 	e := strings.ToLower(filepath.Ext(p))
 	return e == ".avhd" || e == ".avhdx"
+}
+
+// SystemMount reports mount points that hold the host's own runtime state
+// (/dev/shm, /run, /sys/fs/cgroup, /proc, /boot and below): never a place to
+// relocate VMs to, whatever their free space says.
+func SystemMount(m string) bool {
+	m = filepath.ToSlash(m)
+	for _, p := range []string{"/dev", "/run", "/sys", "/proc", "/boot"} {
+		if m == p || strings.HasPrefix(m, p+"/") {
+			return true
+		}
+	}
+	return false
 }

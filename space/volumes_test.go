@@ -239,3 +239,12 @@ func TestVolumeTmpfs(t *testing.T) {
 		}
 	}
 }
+
+func TestSystemMount(t *testing.T) {
+	for m, want := range map[string]bool{"/dev/shm": true, "/run": true, "/run/user/0": true, "/sys/fs/cgroup": true,
+		"/boot/efi": true, "/": false, "/mnt/e": false, "/devices": false, "/srv/run": false} {
+		if got := SystemMount(m); got != want {
+			t.Errorf("SystemMount(%q) = %v, want %v", m, got, want)
+		}
+	}
+}
