@@ -331,3 +331,50 @@ func findCheckpoint(v *vm.VM, want string) *vm.Config {
 	}
 	return nil
 }
+
+// PlannedFile is one file a package of src would hold.
+type PlannedFile struct {
+	PkgPath string `json:"pkg_path"` // inside the package root, slash-separated
+	Source  string `json:"source"`   // the file copied
+	Role    string `json:"role"`
+	Size    int64  `json:"size"`
+	Alloc   int64  `json:"alloc"` // bytes allocated on the host file system
+}
+
+// Contents is what Export(src) would write, found without writing
+// anything (hvsnap relocate plans with it).
+type Contents struct {
+	Kind  string         `json:"kind"` // "vm" or "disk"
+	Root  string         `json:"root"` // the package's folder name
+	VM    *pkgfmt.VMInfo `json:"vm,omitempty"`
+	Files []PlannedFile  `json:"files"`
+	Size  int64          `json:"size"`
+	Alloc int64          `json:"alloc"`
+}
+
+// List returns the files a package of src would hold (Flatten and
+// Checkpoint are not supported here: their disks do not exist yet).
+func List(src string, o Options) (*Contents, error) {
+	if o.Flatten || o.Checkpoint != "" {
+		return nil, fmt.Errorf("export: listing a flattened package is not supported: %w", ErrUsage)
+	}
+	p, err := makePlan(src, &o)
+	if err != nil {
+		return nil, err
+	}
+	c := &Contents{Kind: p.kind, Root: p.root, VM: p.vm}
+	for _, it := range p.items {
+		st, err := os.Stat(it.src)
+		if err != nil {
+			return nil, fmt.Errorf("export: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("export: %s is not a regular file", it.src)
+		}
+		f := PlannedFile{PkgPath: it.pkgPath, Source: it.src, Role: it.role, Size: st.Size(), Alloc: pkgfmt.Allocated(st)}
+		c.Files = append(c.Files, f)
+		c.Size += f.Size
+		c.Alloc += f.Alloc
+	}
+	return c, nil
+}

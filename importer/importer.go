@@ -58,6 +58,15 @@ type Options struct {
 	AfterFile func(pkgPath string) error
 	// FreeSpace, when set, replaces the free-space query (tests).
 	FreeSpace func(dir string) (int64, error)
+	// Move imports a folder package that sits on the destination's file
+	// system by moving its files into the staging folder instead of copying
+	// them (hvsnap relocate: the package was just written there). Every
+	// file is still read and its SHA-256 checked against the manifest
+	// before it is moved; the package folder is left empty of data files.
+	Move bool
+	// Name is the imported folder's name in To (default: the package
+	// root, the VM's name).
+	Name string
 }
 
 // Relink is one re-pointed differencing disk.
@@ -162,7 +171,8 @@ type importer struct {
 	to   string // absolute destination
 
 	root    string
-	staging string // <to>/.hvsnap-import-<root>
+	final   string // <to>/<name>
+	staging string // <to>/.hvsnap-import-<name>
 	stRoot  string // <staging>/<root>
 	state   *stageState
 	sums    map[string]string // path → SHA-256 of the staged (or verified) data
@@ -223,11 +233,19 @@ func (im *importer) begin(root string, files []pkgfmt.ListingFile) error {
 	if im.o.VerifyOnly {
 		return nil
 	}
-	final := filepath.Join(im.to, root)
+	name := root
+	if im.o.Name != "" {
+		if err := pkgfmt.ValidPath(im.o.Name); err != nil || strings.ContainsAny(im.o.Name, `/\`) {
+			return fmt.Errorf("import: %q is not a folder name", im.o.Name)
+		}
+		name = im.o.Name
+	}
+	final := filepath.Join(im.to, name)
+	im.final = final
 	if _, err := os.Lstat(final); err == nil {
 		return fmt.Errorf("import: %s already exists; choose another --to or move it away: %w", final, ErrExists)
 	}
-	im.staging = filepath.Join(im.to, ".hvsnap-import-"+root)
+	im.staging = filepath.Join(im.to, ".hvsnap-import-"+name)
 	im.stRoot = filepath.Join(im.staging, root)
 	im.state = &stageState{Root: root, Done: map[string]stageDone{}}
 	if _, err := os.Lstat(im.staging); err == nil {
@@ -252,6 +270,9 @@ func (im *importer) begin(root string, files []pkgfmt.ListingFile) error {
 		n := f.Size
 		if f.Alloc > 0 && f.Alloc < n {
 			n = f.Alloc
+		}
+		if im.o.Move {
+			n = 0 // moved within the file system, not written
 		}
 		need += n
 	}
@@ -836,6 +857,9 @@ func (im *importer) folderFile(pkg string, f pkgfmt.FileInfo) error {
 	if err := pkgfmt.ValidPath(f.Path); err != nil {
 		return bad("%v", err)
 	}
+	if im.o.Move && !im.o.VerifyOnly {
+		return im.moveFile(pkg, f)
+	}
 	src, st, err := openInside(pkg, f.Path)
 	if err != nil {
 		return err
@@ -850,6 +874,66 @@ func (im *importer) folderFile(pkg string, f pkgfmt.FileInfo) error {
 	}
 	if sum != f.SHA256 {
 		return bad("%s: SHA-256 mismatch: the manifest says %s, the data is %s (damaged package)", filepath.Join(pkg, f.Path), f.SHA256, sum)
+	}
+	return nil
+}
+
+// moveFile verifies the package file f against the manifest and moves it
+// into the staging folder (Options.Move). A file moved by an interrupted
+// run is found in the staging folder and verified there.
+func (im *importer) moveFile(pkg string, f pkgfmt.FileInfo) error {
+	dst := filepath.Join(im.stRoot, filepath.FromSlash(f.Path))
+	if d, ok := im.done(f.Path, f.Size); ok {
+		im.rep.Add(f.Size)
+		im.sums[f.Path] = d.SHA256
+		im.resumed++
+		return nil
+	}
+	from := filepath.Join(pkg, filepath.FromSlash(f.Path))
+	src, st, err := openInside(pkg, f.Path)
+	if err != nil {
+		// Moved before the state was saved (a crash in between)?
+		if _, serr := os.Lstat(from); !os.IsNotExist(serr) {
+			return err
+		}
+		if ds, derr := os.Lstat(dst); derr != nil || !ds.Mode().IsRegular() {
+			return err
+		}
+		src, st, err = openInside(im.stRoot, f.Path)
+		if err != nil {
+			return err
+		}
+		from = ""
+	}
+	defer src.Close()
+	if st.Size() != f.Size {
+		return bad("%s is %d bytes, the manifest says %d", filepath.Join(pkg, f.Path), st.Size(), f.Size)
+	}
+	sum, err := im.copyHash(sha256.New(), nil, src, f.Path, pkg, f.Size)
+	if err != nil {
+		return err
+	}
+	if sum != f.SHA256 {
+		return bad("%s: SHA-256 mismatch: the manifest says %s, the data is %s (damaged package)", filepath.Join(pkg, f.Path), f.SHA256, sum)
+	}
+	if from != "" {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return fmt.Errorf("import: %w", err)
+		}
+		if err := os.Rename(from, dst); err != nil {
+			return fmt.Errorf("import: moving %s into %s (the package must be on the destination's file system): %w", from, im.staging, err)
+		}
+		if err := fsutil.SyncDir(dst); err != nil {
+			return fmt.Errorf("import: %w", err)
+		}
+	}
+	im.state.Done[f.Path] = stageDone{Size: f.Size, SHA256: sum}
+	if err := im.saveState(); err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	im.sums[f.Path] = sum
+	if im.o.AfterFile != nil {
+		return im.o.AfterFile(f.Path)
 	}
 	return nil
 }
@@ -873,7 +957,7 @@ func (im *importer) finish(m *pkgfmt.Manifest) (*Result, error) {
 	if im.o.VerifyOnly {
 		return res, nil
 	}
-	final := filepath.Join(im.to, m.Root)
+	final := im.final
 	res.Path = final
 	if err := im.relink(m, final, res); err != nil {
 		return nil, err

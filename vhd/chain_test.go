@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -498,6 +499,18 @@ func TestPathMap(t *testing.T) {
 	}
 	if w, ok := pm.ToWindows("/mnt/big/x/y.vhdx"); !ok || w != `C:\VMs\Big\x\y.vhdx` {
 		t.Errorf("ToWindows = %q %v", w, ok)
+	}
+	// A drive-root mapping (`E:=/mnt/e`, normalized to "E:") maps back.
+	if runtime.GOOS != "windows" {
+		me, err := ParsePathMapping(`E:\=/mnt/e`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for in, want := range map[string]string{"/mnt/e/VMs/a.vhdx": `E:\VMs\a.vhdx`, "/mnt/e": `E:\`} {
+			if w, ok := (PathMap{me}).ToWindows(in); !ok || w != want {
+				t.Errorf("ToWindows(%q) = %q %v, want %q", in, w, ok, want)
+			}
+		}
 	}
 	if _, err := ParsePathMapping("nothing"); err == nil {
 		t.Error("bad mapping accepted")

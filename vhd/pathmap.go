@@ -49,6 +49,12 @@ func isWinAbs(p string) bool {
 	return strings.HasPrefix(p, `\\`)
 }
 
+// isDrive reports whether p is a bare drive ("E:", a drive root once
+// normalized).
+func isDrive(p string) bool {
+	return len(p) == 2 && p[1] == ':' && (p[0]|0x20) >= 'a' && (p[0]|0x20) <= 'z'
+}
+
 // ToLocal maps a Windows absolute path to a local path. ok is false when no
 // mapping applies. On Windows an unmapped path is used as it is.
 func (m PathMap) ToLocal(win string) (string, bool) {
@@ -85,7 +91,7 @@ func (m PathMap) ToWindows(local string) (string, bool) {
 	l := filepath.Clean(local)
 	best := -1
 	for i, pm := range m {
-		if isWinAbs(pm.Windows) && (l == pm.Local || strings.HasPrefix(l, strings.TrimRight(pm.Local, string(filepath.Separator))+string(filepath.Separator))) {
+		if (isWinAbs(pm.Windows) || isDrive(pm.Windows)) && (l == pm.Local || strings.HasPrefix(l, strings.TrimRight(pm.Local, string(filepath.Separator))+string(filepath.Separator))) {
 			if best < 0 || len(pm.Local) > len(m[best].Local) {
 				best = i
 			}
@@ -96,6 +102,9 @@ func (m PathMap) ToWindows(local string) (string, bool) {
 	}
 	rest := strings.TrimPrefix(l[len(m[best].Local):], string(filepath.Separator))
 	if rest == "" {
+		if isDrive(m[best].Windows) {
+			return m[best].Windows + `\`, true
+		}
 		return m[best].Windows, true
 	}
 	return m[best].Windows + `\` + strings.ReplaceAll(rest, string(filepath.Separator), `\`), true
