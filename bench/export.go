@@ -45,8 +45,18 @@ func fillRealistic(b []byte, rng *rand.Rand) {
 	}
 }
 
-// buildExportVM writes root/benchvm and returns its folder.
+// buildExportVM writes root/benchvm (two checkpoint disks of 64 MiB) and
+// returns its folder.
 func buildExportVM(root string, virt, data int64) (string, error) {
+	return buildBenchVM(root, virt, data, 2, 64<<20, 256<<10, false)
+}
+
+// buildBenchVM writes root/benchvm: a dynamic VHDX base with data bytes of
+// realistic content laid out from the start, ncp differencing disks of
+// cpBytes each (pieces of piece bytes at random piece-aligned offsets)
+// chained on it, and an XML configuration naming the last (mergePending:
+// disk_merge_pending set).
+func buildBenchVM(root string, virt, data int64, ncp int, cpBytes, piece int64, mergePending bool) (string, error) {
 	rng := rand.New(rand.NewSource(7))
 	name := "benchvm"
 	id := storetest.GUID("bench-export")
@@ -95,7 +105,7 @@ func buildExportVM(root string, virt, data int64) (string, error) {
 	}
 	parent := base
 	var leaf string
-	for i := 0; i < 2; i++ {
+	for i := 0; i < ncp; i++ {
 		leaf = filepath.Join(disks, fmt.Sprintf("%s_%s.avhdx", name, storetest.GUID("bench-export", fmt.Sprint(i))))
 		im, err := vhd.Create(leaf, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: parent}, nil)
 		if err != nil {
@@ -103,10 +113,10 @@ func buildExportVM(root string, virt, data int64) (string, error) {
 		}
 		im.Close()
 		err = write(leaf, func(c *vhd.Chain, buf []byte) error {
-			for done := int64(0); done < 64<<20; {
-				n := int64(256 << 10)
+			for done := int64(0); done < cpBytes; {
+				n := piece
 				fillRealistic(buf[:n], rng)
-				off := rng.Int63n((virt-n)/4096) * 4096
+				off := rng.Int63n((virt-n)/piece) * piece
 				if _, err := c.WriteAt(buf[:n], off); err != nil {
 					return err
 				}
@@ -120,7 +130,7 @@ func buildExportVM(root string, virt, data int64) (string, error) {
 		parent = leaf
 	}
 	cfg := filepath.Join(vmDir, "Virtual Machines", id+".xml")
-	err = storetest.WriteConfig(cfg, storetest.ConfigSpec{Name: name, ID: id,
+	err = storetest.WriteConfig(cfg, storetest.ConfigSpec{Name: name, ID: id, MergePending: mergePending,
 		DiskPath: storetest.WindowsRoot + `\` + name + `\Virtual Hard Disks\` + filepath.Base(leaf)})
 	return vmDir, err
 }

@@ -23,12 +23,15 @@
 //
 //   - export, import: see bench/export.go.
 //
-// --only convert,chain,merge,space,export,import runs some scenarios (default: all).
+//   - relocate: see bench/relocate.go (root: two tmpfs volumes).
+//
+// --only convert,chain,merge,space,export,import,relocate runs some scenarios (default: all).
 //
 // Targets (from the issues): convert ratio ≤ 1.0, chain ratio ≤ 1.2, peak
 // RSS of every convert/read/check run < 64 MiB; merge faster than qemu-img
 // commit and within 1.5x of cp, peak RSS < 64 MiB; space ratio ≤ 1.0 and its
-// peak RSS < 200 MiB. --strict exits 1 when one is missed.
+// peak RSS < 200 MiB; relocate + merge within 1.2x of cp + hvsnap merge.
+// --strict exits 1 when one is missed.
 package main
 
 import (
@@ -63,14 +66,14 @@ func main() {
 	strict := flag.Bool("strict", false, "exit 1 when a target is missed")
 	keep := flag.Bool("keep", false, "keep the scratch folder")
 	out := flag.String("out", "bench/out/results.json", "where to write the JSON results")
-	only := flag.String("only", "", "comma-separated scenarios to run: convert, chain, merge, space, export, import (default: all)")
+	only := flag.String("only", "", "comma-separated scenarios to run: convert, chain, merge, space, export, import, relocate (default: all)")
 	spaceVMs := flag.Int("space-vms", 200, "space: VMs in the synthetic store")
 	spaceVirt := flag.String("space-virtual", "1G", "space: virtual size of each disk (sparse)")
 	flag.Parse()
 	want := map[string]bool{}
 	for _, n := range strings.Split(*only, ",") {
 		if n = strings.TrimSpace(n); n != "" {
-			if n != "convert" && n != "chain" && n != "merge" && n != "space" && n != "export" && n != "import" {
+			if n != "convert" && n != "chain" && n != "merge" && n != "space" && n != "export" && n != "import" && n != "relocate" {
 				fatal("--only: unknown scenario " + n)
 			}
 			want[n] = true
@@ -168,6 +171,14 @@ func main() {
 		res = append(res, er...)
 	}
 
+	// 5. relocate + merge (bench/relocate.go).
+	var relocErr error
+	if run("relocate") {
+		var rr []result
+		rr, relocErr = runRelocateBench(hv, dir, *runs)
+		res = append(res, rr...)
+	}
+
 	fmt.Printf("\n%-20s %9s %10s %9s  %s\n", "scenario", "best s", "MB/s", "max RSS", "command")
 	for _, r := range res {
 		fmt.Printf("%-20s %9.3f %10.1f %7.1fMi  %s\n", r.Name, r.Seconds, r.MBps, float64(r.MaxRSS)/(1<<20), r.Command)
@@ -231,6 +242,19 @@ func main() {
 	}
 	if run("export") || run("import") {
 		reportExport(by, exportSum, exportErr, summary, &missed)
+	}
+	if run("relocate") {
+		if relocErr != nil {
+			fmt.Printf("relocate: not measured (%v)\n", relocErr)
+			summary["relocate_error"] = relocErr.Error()
+		} else {
+			h, m := by["relocate/hvsnap"], by["relocate/cp+merge"]
+			ratio := h.Seconds / m.Seconds
+			fmt.Printf("relocate ratio hvsnap relocate --merge / (cp + hvsnap merge + rm + sync) = %.2f (target ≤ 1.20) %s\n", ratio, verdict(ratio <= 1.2, &missed))
+			fmt.Printf("relocate peak RSS = %.1f MiB\n", float64(h.MaxRSS)/(1<<20))
+			summary["relocate_ratio"] = ratio
+			summary["relocate_max_rss_bytes"] = h.MaxRSS
+		}
 	}
 	if *out != "" {
 		os.MkdirAll(filepath.Dir(*out), 0o755)

@@ -52,6 +52,11 @@ type Options struct {
 	TempDir string
 	// Tool is recorded in the manifest (e.g. "hvsnap 0.1.0").
 	Tool string
+	// Digest is the per-file digest of the manifest: pkgfmt.DigestSHA256
+	// (""), or DigestCRC32C for a folder package that is imported on the
+	// same host right away (hvsnap relocate), where the digest only has to
+	// catch a damaged copy, not a forged one.
+	Digest string
 	// AfterFile, when set, is called after each file of a folder export is
 	// complete; an error stops the export there (tests use it to interrupt).
 	AfterFile func(pkgPath string) error
@@ -95,6 +100,12 @@ func Export(src string, o Options, rep progress.Reporter) (*Result, error) {
 	if o.Flatten && o.Checkpoint != "" {
 		return nil, fmt.Errorf("export: --flatten and --checkpoint exclude each other (a checkpoint is always flattened): %w", ErrUsage)
 	}
+	if o.Digest == "" {
+		o.Digest = pkgfmt.DigestSHA256
+	}
+	if o.Digest != pkgfmt.DigestSHA256 && (o.Digest != pkgfmt.DigestCRC32C || archive) {
+		return nil, fmt.Errorf("export: digest %q: packages carry SHA-256 (CRC-32C only for a local folder relocation): %w", o.Digest, ErrUsage)
+	}
 	if o.To == "-" && o.Stdout == nil {
 		return nil, fmt.Errorf("export: no standard output to write to: %w", ErrUsage)
 	}
@@ -113,7 +124,7 @@ func Export(src string, o Options, rep progress.Reporter) (*Result, error) {
 		Kind: p.kind, Root: p.root, VM: p.vm,
 		Source: pkgfmt.Source{Host: host, OS: runtime.GOOS, Path: absSrc},
 	}
-	e := &exporter{o: o, p: p, m: m, rep: rep, pl: newPipeline()}
+	e := &exporter{o: o, p: p, m: m, rep: rep, pl: newPipeline(o.Digest)}
 	if archive {
 		return e.archive()
 	}
@@ -159,12 +170,16 @@ func (e *exporter) describeFlat(it *item) error {
 }
 
 // fileInfo describes a finished file for the manifest.
-func fileInfo(it *item, size int64, sum string, mt time.Time) pkgfmt.FileInfo {
+func (e *exporter) fileInfo(it *item, size int64, sum string, mt time.Time) pkgfmt.FileInfo {
 	src := it.src
 	if it.flatten != "" {
 		src = it.flatten
 	}
-	return pkgfmt.FileInfo{Path: it.pkgPath, Role: it.role, Size: size, SHA256: sum, MTime: mt.UTC(), Source: src, Disk: it.disk, Config: it.config}
+	fi := pkgfmt.FileInfo{Path: it.pkgPath, Role: it.role, Size: size, SHA256: sum, MTime: mt.UTC(), Source: src, Disk: it.disk, Config: it.config}
+	if e.pl.digest == pkgfmt.DigestCRC32C {
+		fi.SHA256, fi.CRC32C = "", sum
+	}
+	return fi
 }
 
 // listing stats every source file.
@@ -355,7 +370,7 @@ func (e *exporter) archiveFile(tw *pkgfmt.TarWriter, it *item, listed int64) (pk
 	if st2, err := os.Stat(it.src); err != nil || st2.Size() != st.Size() || !st2.ModTime().Equal(st.ModTime()) {
 		return pkgfmt.FileInfo{}, fmt.Errorf("export: %s: %w", it.src, errChanged)
 	}
-	return fileInfo(it, st.Size(), sum, st.ModTime()), nil
+	return e.fileInfo(it, st.Size(), sum, st.ModTime()), nil
 }
 
 // ---------------------------------------------------------------------------
@@ -366,8 +381,9 @@ const journalName = ".hvsnap-export.json"
 // journal records the files of a folder export that are complete, so that
 // --resume keeps them (after re-hashing them) instead of copying again.
 type journal struct {
-	Root string                  `json:"root"`
-	Done map[string]journalEntry `json:"done"`
+	Root   string                  `json:"root"`
+	Digest string                  `json:"digest,omitempty"` // of the entries' SHA256 field ("": sha256)
+	Done   map[string]journalEntry `json:"done"`
 }
 
 type journalEntry struct {
@@ -403,14 +419,18 @@ func (e *exporter) folder() (*Result, error) {
 	o := e.o
 	pkgDir := filepath.Join(o.To, e.p.root)
 	jpath := filepath.Join(pkgDir, journalName)
-	j := &journal{Root: e.p.root, Done: map[string]journalEntry{}}
+	dg := e.pl.digest
+	if dg == pkgfmt.DigestSHA256 {
+		dg = ""
+	}
+	j := &journal{Root: e.p.root, Digest: dg, Done: map[string]journalEntry{}}
 	if _, err := os.Lstat(pkgDir); err == nil {
 		if !o.Resume {
 			return nil, fmt.Errorf("export: %s already exists (use --resume to continue an interrupted export into it, or choose another --to): %w", pkgDir, ErrExists)
 		}
 		if b, err := os.ReadFile(jpath); err == nil {
-			if err := json.Unmarshal(b, j); err != nil || j.Done == nil {
-				j = &journal{Root: e.p.root, Done: map[string]journalEntry{}}
+			if err := json.Unmarshal(b, j); err != nil || j.Done == nil || j.Digest != dg {
+				j = &journal{Root: e.p.root, Digest: dg, Done: map[string]journalEntry{}}
 			}
 		}
 	} else if err := os.MkdirAll(pkgDir, 0o755); err != nil {
@@ -515,12 +535,12 @@ func (e *exporter) folder() (*Result, error) {
 		dst := filepath.Join(pkgDir, filepath.FromSlash(it.pkgPath))
 		if it.flatten != "" {
 			je := j.Done[it.pkgPath]
-			e.m.Files = append(e.m.Files, fileInfo(it, je.Size, je.SHA256, je.MTime))
+			e.m.Files = append(e.m.Files, e.fileInfo(it, je.Size, je.SHA256, je.MTime))
 			e.rep.Add(je.Size)
 			continue
 		}
 		if je, ok := keep(it, it.src, dst); ok {
-			e.m.Files = append(e.m.Files, fileInfo(it, je.Size, je.SHA256, je.SrcMTime))
+			e.m.Files = append(e.m.Files, e.fileInfo(it, je.Size, je.SHA256, je.SrcMTime))
 			e.rep.Add(je.Size)
 			res.Resumed++
 			continue
@@ -532,7 +552,7 @@ func (e *exporter) folder() (*Result, error) {
 		if err := record(it, it.src, dst, sum); err != nil {
 			return nil, fmt.Errorf("export: %w", err)
 		}
-		e.m.Files = append(e.m.Files, fileInfo(it, st.Size(), sum, st.ModTime()))
+		e.m.Files = append(e.m.Files, e.fileInfo(it, st.Size(), sum, st.ModTime()))
 	}
 	// 4. The manifest marks the package complete.
 	b, err := pkgfmt.SealManifest(e.m)

@@ -1,7 +1,6 @@
 package export
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -32,11 +31,12 @@ type chunk struct {
 
 // pipeline is the bounded buffer pool shared by every file of one export.
 type pipeline struct {
-	pool chan *chunk
+	pool   chan *chunk
+	digest string // pkgfmt.DigestSHA256 or DigestCRC32C
 }
 
-func newPipeline() *pipeline {
-	p := &pipeline{pool: make(chan *chunk, poolChunks)}
+func newPipeline(digest string) *pipeline {
+	p := &pipeline{pool: make(chan *chunk, poolChunks), digest: digest}
 	for range poolChunks {
 		p.pool <- &chunk{buf: make([]byte, chunkSize)}
 	}
@@ -55,7 +55,8 @@ var errChanged = errors.New("changed while it was exported (is the VM running? s
 // streamFile reads f (size bytes; segs its data ranges, nil = all data)
 // and calls write for every data range in order, while another goroutine
 // hashes the whole content (holes as zeros). Reading, hashing and the
-// caller's writing (compression) overlap. It returns the hex SHA-256.
+// caller's writing (compression) overlap. It returns the hex digest
+// (SHA-256; CRC-32C for relocation packages).
 func (p *pipeline) streamFile(f *os.File, size int64, segs []pkgfmt.Segment, write func(off int64, b []byte) error, rep progress.Reporter) (string, error) {
 	if segs == nil {
 		segs = []pkgfmt.Segment{{Off: 0, Len: size}}
@@ -65,7 +66,7 @@ func (p *pipeline) streamFile(f *os.File, size int64, segs []pkgfmt.Segment, wri
 	stop := make(chan struct{})
 	sumCh := make(chan string, 1)
 	go func() {
-		h := sha256.New()
+		h := pkgfmt.NewDigest(p.digest)
 		for c := range hashCh {
 			if c.zero {
 				h.Write(zeroChunk[:c.n])

@@ -67,6 +67,10 @@ type Options struct {
 	// Name is the imported folder's name in To (default: the package
 	// root, the VM's name).
 	Name string
+	// AllowCRC32C accepts files whose manifest digest is a CRC-32C instead
+	// of a SHA-256 (with Move only: the packages hvsnap relocate makes on
+	// the destination volume itself). Any other package must carry SHA-256.
+	AllowCRC32C bool
 }
 
 // Relink is one re-pointed differencing disk.
@@ -183,6 +187,9 @@ type importer struct {
 // ended early or when resuming was asked for; verification failures and
 // other errors remove it.
 func (im *importer) keepStaging(err error) bool {
+	if im.o.Move {
+		return true // it holds files moved out of the package: never delete them
+	}
 	if errors.Is(err, ErrBadPackage) || errors.Is(err, ErrExists) {
 		return false
 	}
@@ -831,6 +838,11 @@ func (im *importer) folder(dir string) (*Result, error) {
 	if err := pkgfmt.CheckManifest(m, lp); err != nil {
 		return nil, bad("%s: %v", pkg, err)
 	}
+	for _, f := range m.Files {
+		if kind, _ := f.Digest(); kind != pkgfmt.DigestSHA256 && !(im.o.AllowCRC32C && im.o.Move) {
+			return nil, bad("%s: the manifest has no SHA-256 for it (a CRC-32C is accepted only by hvsnap relocate's local move)", f.Path)
+		}
+	}
 	files := make([]pkgfmt.ListingFile, len(m.Files))
 	var total int64
 	for i, f := range m.Files {
@@ -860,6 +872,9 @@ func (im *importer) folderFile(pkg string, f pkgfmt.FileInfo) error {
 	if im.o.Move && !im.o.VerifyOnly {
 		return im.moveFile(pkg, f)
 	}
+	if f.SHA256 == "" {
+		return bad("%s: the manifest has no SHA-256 for it (a CRC-32C is accepted only by hvsnap relocate's local move)", filepath.Join(pkg, f.Path))
+	}
 	src, st, err := openInside(pkg, f.Path)
 	if err != nil {
 		return err
@@ -876,6 +891,13 @@ func (im *importer) folderFile(pkg string, f pkgfmt.FileInfo) error {
 		return bad("%s: SHA-256 mismatch: the manifest says %s, the data is %s (damaged package)", filepath.Join(pkg, f.Path), f.SHA256, sum)
 	}
 	return nil
+}
+
+func digestName(kind string) string {
+	if kind == pkgfmt.DigestCRC32C {
+		return "CRC-32C"
+	}
+	return "SHA-256"
 }
 
 // moveFile verifies the package file f against the manifest and moves it
@@ -909,12 +931,13 @@ func (im *importer) moveFile(pkg string, f pkgfmt.FileInfo) error {
 	if st.Size() != f.Size {
 		return bad("%s is %d bytes, the manifest says %d", filepath.Join(pkg, f.Path), st.Size(), f.Size)
 	}
-	sum, err := im.copyHash(sha256.New(), nil, src, f.Path, pkg, f.Size)
+	kind, want := f.Digest()
+	sum, err := im.copyHash(pkgfmt.NewDigest(kind), nil, src, f.Path, pkg, f.Size)
 	if err != nil {
 		return err
 	}
-	if sum != f.SHA256 {
-		return bad("%s: SHA-256 mismatch: the manifest says %s, the data is %s (damaged package)", filepath.Join(pkg, f.Path), f.SHA256, sum)
+	if sum != want {
+		return bad("%s: %s mismatch: the manifest says %s, the data is %s (damaged package)", filepath.Join(pkg, f.Path), digestName(kind), want, sum)
 	}
 	if from != "" {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
@@ -943,8 +966,12 @@ func (im *importer) moveFile(pkg string, f pkgfmt.FileInfo) error {
 
 func (im *importer) finish(m *pkgfmt.Manifest) (*Result, error) {
 	for _, f := range m.Files {
-		if got := im.sums[f.Path]; got != f.SHA256 {
-			return nil, bad("%s: SHA-256 mismatch: the manifest says %s, the data is %s (damaged package)", f.Path, f.SHA256, got)
+		kind, want := f.Digest()
+		if kind != pkgfmt.DigestSHA256 && !(im.o.AllowCRC32C && im.o.Move) {
+			return nil, bad("%s: the manifest has no SHA-256 for it (a CRC-32C is accepted only by hvsnap relocate's local move)", f.Path)
+		}
+		if got := im.sums[f.Path]; got != want {
+			return nil, bad("%s: %s mismatch: the manifest says %s, the data is %s (damaged package)", f.Path, digestName(kind), want, got)
 		}
 	}
 	res := &Result{Root: m.Root, VerifyOnly: im.o.VerifyOnly, Files: len(m.Files), Resumed: im.resumed, Manifest: m}

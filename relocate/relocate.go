@@ -48,6 +48,7 @@ import (
 	"github.com/hvsnap/hvsnap/internal/fsutil"
 	"github.com/hvsnap/hvsnap/internal/journal"
 	"github.com/hvsnap/hvsnap/internal/lock"
+	"github.com/hvsnap/hvsnap/internal/pkgfmt"
 	"github.com/hvsnap/hvsnap/internal/progress"
 	"github.com/hvsnap/hvsnap/merge"
 	"github.com/hvsnap/hvsnap/space"
@@ -143,12 +144,15 @@ type File struct {
 	Volume  string `json:"volume"`
 }
 
-// MergeLink is one pending merge predicted from the source.
+// MergeLink is one pending merge: the run of checkpoint disks from Child
+// down to Parent (every disk between them pending too) merged into Parent
+// in one hvsnap merge (--into Parent), as predicted from the source.
 type MergeLink struct {
 	Child  string `json:"child"`
 	Parent string `json:"parent"`
-	Growth int64  `json:"growth"` // bytes the parent grows (block level)
-	Freed  int64  `json:"freed"`  // bytes the child's removal frees
+	Disks  int    `json:"disks"`  // differencing disks merged
+	Growth int64  `json:"growth"` // bytes the parent grows (block level, exact)
+	Freed  int64  `json:"freed"`  // bytes the merged disks' removal frees
 }
 
 // VolumeNeed is the space a volume must have for a phase.
@@ -468,19 +472,17 @@ func (p *Plan) roots() []string {
 	return out
 }
 
-// pendingLinks returns the VM's pending merges in the space model, deepest
-// child first.
-func pendingLinks(rp *space.Report, vmName, vmID string) []MergeLink {
+// pendingRuns returns the VM's pending merges in the space model grouped
+// into runs: a checkpoint disk no checkpoint names, and every pending disk
+// below it, merge into the lowest one's parent in one merge. Deepest run
+// first.
+func pendingRuns(rp *space.Report, vmName, vmID string) []MergeLink {
 	disks := map[string]*space.Disk{}
 	for _, d := range rp.Disks {
 		disks[d.Path] = d
 	}
-	type lk struct {
-		MergeLink
-		depth int
-	}
-	var ls []lk
-	seen := map[string]bool{}
+	parentOf := map[string]string{} // pending child → parent
+	isParent := map[string]bool{}
 	for _, f := range rp.Findings {
 		if f.Code != space.FindMergePending || f.Evidence["source"] != "chain" {
 			continue
@@ -490,17 +492,44 @@ func pendingLinks(rp *space.Report, vmName, vmID string) []MergeLink {
 		}
 		c, _ := f.Evidence["child"].(string)
 		pa, _ := f.Evidence["parent"].(string)
-		cd := disks[c]
-		if cd == nil || disks[pa] == nil || seen[c] {
+		if disks[c] == nil || disks[pa] == nil {
 			continue
 		}
-		seen[c] = true
-		ls = append(ls, lk{MergeLink{Child: c, Parent: pa, Growth: max(cd.MergeGrowth, 0), Freed: cd.Allocated}, cd.Depth})
+		parentOf[c] = pa
+		isParent[pa] = true
 	}
-	sort.SliceStable(ls, func(i, j int) bool { return ls[i].depth > ls[j].depth })
+	type run struct {
+		MergeLink
+		depth int
+	}
+	var rs []run
+	for c := range parentOf {
+		if isParent[c] {
+			continue // not the top of its run
+		}
+		r := run{MergeLink: MergeLink{Child: c}, depth: disks[c].Depth}
+		for x, n := c, 0; n < 1024; n++ {
+			pa, ok := parentOf[x]
+			if !ok {
+				r.Parent = x
+				break
+			}
+			r.Disks++
+			r.Growth += max(disks[x].MergeGrowth, 0)
+			r.Freed += disks[x].Allocated
+			x = pa
+		}
+		rs = append(rs, r)
+	}
+	sort.SliceStable(rs, func(i, j int) bool {
+		if rs[i].depth != rs[j].depth {
+			return rs[i].depth > rs[j].depth
+		}
+		return rs[i].Child < rs[j].Child
+	})
 	out := []MergeLink{}
-	for _, l := range ls {
-		out = append(out, l.MergeLink)
+	for _, r := range rs {
+		out = append(out, r.MergeLink)
 	}
 	return out
 }
@@ -514,9 +543,20 @@ func (p *Plan) predictMerges(o *Options) error {
 	if err != nil {
 		return fmt.Errorf("relocate: %w", err)
 	}
-	p.Merges = pendingLinks(rp, p.VMName, p.VMID)
-	for _, m := range p.Merges {
-		p.MergeGrowth += m.Growth
+	p.Merges = pendingRuns(rp, p.VMName, p.VMID)
+	for i, m := range p.Merges {
+		// The merge planner's exact figures for the run (read only).
+		if mp, err := merge.PlanMerge(m.Child, &merge.Options{PathMap: o.PathMap, Into: m.Parent, Roots: p.roots(), Volumes: o.volumes()}); err == nil {
+			var g, f int64
+			for _, st := range mp.Steps {
+				g += st.Growth
+				f += st.FreedBytes
+			}
+			p.Merges[i].Growth, p.Merges[i].Freed = g, f
+		} else {
+			p.Notes = append(p.Notes, fmt.Sprintf("merging %s into %s: %v", filepath.Base(m.Child), filepath.Base(m.Parent), err))
+		}
+		p.MergeGrowth += p.Merges[i].Growth
 	}
 	return nil
 }
@@ -787,7 +827,7 @@ func (s *stepper) move(prefix, src, staging, into, name, dst string, rep progres
 		if err := fsutil.SyncDir(staging); err != nil {
 			return nil, fmt.Errorf("relocate: %w", err)
 		}
-		res, err := export.Export(src, export.Options{To: staging, Resume: started, PathMap: o.PathMap, Tool: o.Tool,
+		res, err := export.Export(src, export.Options{To: staging, Resume: started, PathMap: o.PathMap, Tool: o.Tool, Digest: pkgfmt.DigestCRC32C,
 			AfterFile: func(pp string) error { o.hook(prefix + "export-file " + pp); return nil }}, rep)
 		if err != nil {
 			return nil, fmt.Errorf("relocate: %w", err)
@@ -804,18 +844,33 @@ func (s *stepper) move(prefix, src, staging, into, name, dst string, rep progres
 		pkgDir = ed["package"]
 	}
 	if err := s.do(prefix+"import", "verifying and committing "+dst+" (parent locators and configuration paths rewritten)", func(started bool) (any, error) {
-		if started && exists(dst) && !exists(filepath.Join(into, ".hvsnap-import-"+name)) {
-			// Committed by the interrupted run (the import's last act is
-			// the rename into place).
-			os.RemoveAll(staging)
-			fsutil.SyncDir(staging)
+		if started && exists(dst) {
+			// Committed by the interrupted run: dst did not exist when
+			// the relocation was planned (or was removed before the move
+			// back), and only the import's commit (one rename) makes it.
+			for _, d := range []string{filepath.Join(into, ".hvsnap-import-"+name), staging} {
+				if err := os.RemoveAll(d); err != nil {
+					return nil, fmt.Errorf("relocate: %w", err)
+				}
+				fsutil.SyncDir(d)
+			}
 			return importDone{Config: configOf(dst, o)}, nil
 		}
 		if pkgDir == "" {
 			return nil, fmt.Errorf("relocate: the journal does not name the package: %w", journal.ErrCorrupt)
 		}
-		ir, err := importer.Import(pkgDir, importer.Options{To: into, Name: name, Move: true, Resume: true, PathMap: o.PathMap,
+		ir, err := importer.Import(pkgDir, importer.Options{To: into, Name: name, Move: true, AllowCRC32C: true, Resume: true, PathMap: o.PathMap,
 			AfterFile: func(pp string) error { o.hook(prefix + "import-file " + pp); return nil }}, rep)
+		if errors.Is(err, importer.ErrBadPackage) {
+			// The copy just written does not read back as it was read:
+			// discard it (the source is untouched) and end.
+			for _, d := range []string{filepath.Join(into, ".hvsnap-import-"+name), staging} {
+				os.RemoveAll(d)
+				fsutil.SyncDir(d)
+			}
+			s.j.Finish()
+			return nil, fmt.Errorf("relocate: the copy in %s did not verify, it was discarded and %s is untouched (a failing disk or memory? check the volume, then run the relocation again): %v: %w", into, src, err, ErrVerify)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("relocate: %w", err)
 		}
@@ -908,9 +963,20 @@ func (s *stepper) merges(p *Plan, rep progress.Reporter) error {
 			Hook: func(pt string) { o.hook("merge " + pt) }}
 	}
 	for round := 0; round < 64; round++ {
-		js, err := merge.FindJournals(p.TargetVM)
-		if err != nil {
-			return fmt.Errorf("relocate: %w", err)
+		var js []string
+		var dirs []string
+		filepath.Walk(p.TargetVM, func(q string, fi os.FileInfo, err error) error {
+			if err == nil && fi.IsDir() {
+				dirs = append(dirs, q)
+			}
+			return nil
+		})
+		for _, d := range dirs {
+			found, err := merge.FindJournals(d)
+			if err != nil {
+				return fmt.Errorf("relocate: %w", err)
+			}
+			js = append(js, found...)
 		}
 		for _, jp := range js {
 			o.log("finishing the interrupted merge recorded in %s", jp)
@@ -924,20 +990,22 @@ func (s *stepper) merges(p *Plan, rep progress.Reporter) error {
 		if err != nil {
 			return fmt.Errorf("relocate: %w", err)
 		}
-		ls := pendingLinks(rp, p.VMName, p.VMID)
+		ls := pendingRuns(rp, p.VMName, p.VMID)
 		if len(ls) == 0 {
 			break
 		}
 		l := ls[0]
-		o.log("merging %s into %s", filepath.Base(l.Child), filepath.Base(l.Parent))
-		mp, err := merge.PlanMerge(l.Child, mo())
+		o.log("merging %s into %s (%d disk(s))", filepath.Base(l.Child), filepath.Base(l.Parent), l.Disks)
+		mopts := mo()
+		mopts.Into = l.Parent
+		mp, err := merge.PlanMerge(l.Child, mopts)
 		if err != nil {
 			return fmt.Errorf("relocate: %w", err)
 		}
-		if err := mp.CheckSpace(mo()); err != nil {
+		if err := mp.CheckSpace(mopts); err != nil {
 			return fmt.Errorf("relocate: %w", err)
 		}
-		mr, err := merge.Run(mp, mo(), rep)
+		mr, err := merge.Run(mp, mopts, rep)
 		if err != nil {
 			return fmt.Errorf("relocate: %w", err)
 		}

@@ -91,12 +91,8 @@ run hvsnap diagnose "$lab"
 step "11. The runbook: numbered steps with the exact commands for this store"
 run hvsnap runbook merge-cannot-fit "$lab"
 
-step "12. Relocate to a volume with room, merge there, move back"
-if hvsnap relocate --help >/dev/null 2>&1; then
-  run hvsnap runbook merge-cannot-fit --execute --yes "$lab"
-else
-  echo "hvsnap relocate is not in this build yet: this step is not run here (the plan above is what it will do)."
-fi
+step "12. Relocate to a volume with room, merge there, move back (the runbook runs hvsnap relocate)"
+run hvsnap runbook merge-cannot-fit --execute --yes "$lab"
 
 step "13. Prove it: the VMs' disks read the same as before (SHA-256 of their whole virtual content)"
 run hvsnap lab verify --root "$lab"

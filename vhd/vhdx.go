@@ -917,7 +917,16 @@ func (b *vxBackend) writeWindow(p []byte, off int64, parent io.ReaderAt) error {
 			}
 			newOff := vxRoundUp(b.realSize, MiB)
 			vbase := blk * g.bs
+			// The new block lies past the end of the file as it is: a MiB
+			// that would only hold zeros is left unwritten and reads as
+			// zeros (a hole), unless the parent's data has to go there.
+			wroteEnd := false
 			for c := int64(0); c < g.bs; c += MiB {
+				wroteEnd = true
+				if !fromParent && (c+MiB <= in || in+n <= c) {
+					wroteEnd = false
+					continue
+				}
 				if in <= c && c+MiB <= in+n {
 					// The new data covers this MiB: write it as it is.
 					if err := writeFull(b.f, seg[c-in:c-in+MiB], newOff+c); err != nil {
@@ -942,6 +951,13 @@ func (b *vxBackend) writeWindow(p []byte, off int64, parent io.ReaderAt) error {
 					copy(buf[s-c:e-c], seg[s-in:e-in])
 				}
 				if err := writeFull(b.f, buf, newOff+c); err != nil {
+					return b.ioErr(err)
+				}
+			}
+			if !wroteEnd {
+				// The file reaches the block's end (zeros), before the
+				// block table names it.
+				if err := b.f.Truncate(newOff + g.bs); err != nil {
 					return b.ioErr(err)
 				}
 			}

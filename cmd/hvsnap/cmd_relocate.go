@@ -227,7 +227,7 @@ func printRelocatePlan(w io.Writer, p *relocate.Plan) {
 			step("merge: nothing pending")
 		}
 		for _, m := range p.Merges {
-			step("merge %s into %s there (parent grows by %s, frees %s)", filepath.Base(m.Child), filepath.Base(m.Parent), human(m.Growth), human(m.Freed))
+			step("merge %s into %s there (%d disk(s); %s grows by %s, frees %s)", filepath.Base(m.Child), filepath.Base(m.Parent), m.Disks, filepath.Base(m.Parent), human(m.Growth), human(m.Freed))
 		}
 	}
 	if p.KeepSource {

@@ -22,6 +22,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"io"
 	"path"
 	"strings"
@@ -117,12 +119,37 @@ type VMInfo struct {
 	CheckpointID string `json:"checkpoint_id,omitempty"`
 }
 
+// Digests a package's files can carry.
+const (
+	DigestSHA256 = "sha256" // every package (the default)
+	DigestCRC32C = "crc32c" // local relocation only (hvsnap relocate)
+)
+
+// Digest returns the file's recorded digest and its kind.
+func (f *FileInfo) Digest() (kind, sum string) {
+	if f.SHA256 == "" && f.CRC32C != "" {
+		return DigestCRC32C, f.CRC32C
+	}
+	return DigestSHA256, f.SHA256
+}
+
+// NewDigest returns the hash for a digest kind.
+func NewDigest(kind string) hash.Hash {
+	if kind == DigestCRC32C {
+		return crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	}
+	return sha256.New()
+}
+
 // FileInfo is one file of a manifest.
 type FileInfo struct {
-	Path   string    `json:"path"`
-	Role   string    `json:"role"`
-	Size   int64     `json:"size"`
-	SHA256 string    `json:"sha256"`
+	Path   string `json:"path"`
+	Role   string `json:"role"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+	// CRC32C replaces SHA256 in the packages hvsnap relocate makes and
+	// consumes on one host (DigestCRC32C); imports refuse it otherwise.
+	CRC32C string    `json:"crc32c,omitempty"`
 	MTime  time.Time `json:"mtime"`
 	Source string    `json:"source,omitempty"` // path on the source host
 	Disk   *DiskInfo `json:"disk,omitempty"`
@@ -315,7 +342,9 @@ func CheckManifest(m *Manifest, l *Listing) error {
 	for _, f := range m.Files {
 		ml.Files = append(ml.Files, ListingFile{Path: f.Path, Size: f.Size})
 		ml.Total += f.Size
-		if len(f.SHA256) != 64 || strings.Trim(f.SHA256, "0123456789abcdef") != "" {
+		validSHA := len(f.SHA256) == 64 && strings.Trim(f.SHA256, "0123456789abcdef") == ""
+		validCRC := f.SHA256 == "" && len(f.CRC32C) == 8 && strings.Trim(f.CRC32C, "0123456789abcdef") == ""
+		if !validSHA && !validCRC {
 			return fmt.Errorf("manifest: %q has no valid SHA-256", f.Path)
 		}
 	}
