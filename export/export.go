@@ -7,7 +7,7 @@
 // Sources are only read. Reading, hashing and compressing overlap (a reader
 // goroutine, a hashing goroutine and the LZ4 writer's block compressors),
 // holes of sparse files are skipped with SEEK_DATA/SEEK_HOLE, and memory is
-// bounded by a fixed pool of 1 MiB buffers plus the LZ4 writer's blocks.
+// bounded by a fixed pool of 256 KiB buffers (8 MiB) plus the LZ4 writer's blocks.
 package export
 
 import (

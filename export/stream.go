@@ -15,8 +15,8 @@ import (
 // chunkSize is the unit of reading, hashing and writing; poolChunks bounds
 // the memory the pipeline holds (chunkSize × poolChunks).
 const (
-	chunkSize  = 1 << 20
-	poolChunks = 8
+	chunkSize  = 256 << 10
+	poolChunks = 32
 )
 
 var zeroChunk = make([]byte, chunkSize)
