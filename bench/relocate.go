@@ -22,19 +22,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 )
 
-func runRelocateBench(hv, dir string, runs int) ([]result, error) {
+// runRelocateBench returns the best run of each flow and the median of the
+// per-pair ratios (hvsnap / manual, each pair run back to back).
+func runRelocateBench(hv, dir string, runs int) ([]result, float64, error) {
 	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("needs root for the tmpfs volumes")
+		return nil, 0, fmt.Errorf("needs root for the tmpfs volumes")
 	}
 	src, dst := filepath.Join(dir, "reloc-src"), filepath.Join(dir, "reloc-dst")
 	for _, d := range []string{src, dst} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if err := mountTmpfs(d, "12g"); err != nil {
-			return nil, fmt.Errorf("mount tmpfs on %s: %v", d, err)
+			return nil, 0, fmt.Errorf("mount tmpfs on %s: %v", d, err)
 		}
 		defer unmountTmpfs(d)
 	}
@@ -43,14 +46,14 @@ func runRelocateBench(hv, dir string, runs int) ([]result, error) {
 	// touch 8 GiB once, untimed.
 	for _, d := range []string{src, dst} {
 		if err := warmMemory(filepath.Join(d, "warm"), 8<<30); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	pristine := filepath.Join(dir, "reloc-pristine")
 	os.MkdirAll(pristine, 0o755)
 	vmDir, err := buildBenchVM(pristine, 4<<30, 1536<<20, 4, 125<<20, 2<<20, true)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var total int64
 	filepath.Walk(vmDir, func(p string, fi os.FileInfo, err error) error {
@@ -76,20 +79,29 @@ func runRelocateBench(hv, dir string, runs int) ([]result, error) {
 	// state of the machine's memory.
 	h := result{Name: "relocate/hvsnap"}
 	m := result{Name: "relocate/cp+merge"}
+	var ratios []float64
 	for i := 0; i < runs; i++ {
 		r, err := measureE(h.Name, 1, total, restore, hv, "-q", "relocate", srcVM, "--to", to, "--merge", "--yes", "--margin", "0")
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		h = best(h, r)
+		hs := r.Seconds
+		fmt.Printf("  relocate run %d: hvsnap %.2f s", i+1, r.Seconds)
 		r, err = measureE(m.Name, 1, total, restore, "sh", "-c", manual)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		m = best(m, r)
+		fmt.Printf(", cp+merge %.2f s\n", r.Seconds)
+		ratios = append(ratios, hs/r.Seconds)
 	}
-	res := []result{h, m}
-	return res, nil
+	sort.Float64s(ratios)
+	med := ratios[len(ratios)/2]
+	if len(ratios)%2 == 0 {
+		med = (ratios[len(ratios)/2-1] + med) / 2
+	}
+	return []result{h, m}, med, nil
 }
 
 // warmMemory writes n bytes to path (a tmpfs file) and removes it.
