@@ -344,7 +344,7 @@ func PlanRelocation(vmDir string, o *Options) (*Plan, error) {
 	}
 	var left []string
 	filepath.Walk(src, func(q string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() && !mine[q] {
+		if err == nil && !fi.IsDir() && !mine[q] && !journal.IsJournal(q) {
 			left = append(left, q)
 		}
 		return nil
@@ -618,7 +618,72 @@ func Run(p *Plan, o *Options, rep progress.Reporter) (*Result, error) {
 	defer j.Close()
 	o.hook("journal")
 	res := &Result{Plan: p, Journal: j.Path}
+	if err := writeGuards(j, p); err != nil {
+		return res, err
+	}
 	return res, execute(j, p, o, rep, res, locks)
+}
+
+// guardPlan is the plan of a guard journal: a small journal beside the
+// source files that names them and points at the relocation's journal, so
+// that any hvsnap command about to modify one of them finds the unfinished
+// relocation (journal.Involving) and says how to finish it.
+type guardPlan struct {
+	GuardFor string `json:"guard_for"` // the relocation's journal
+}
+
+// writeGuards puts a guard journal in every folder of the source files
+// (best effort: a full source volume may not take one; the files stay
+// locked while the relocation runs) and records them in the journal.
+func writeGuards(j *journal.Journal, p *Plan) error {
+	dirs := map[string][]string{}
+	var order []string
+	for _, f := range p.Files {
+		d := filepath.Dir(f.Source)
+		if dirs[d] == nil {
+			order = append(order, d)
+		}
+		dirs[d] = append(dirs[d], f.Source)
+	}
+	var guards []string
+	for _, d := range order {
+		g, err := journal.Create(d, Op, dirs[d], guardPlan{GuardFor: j.Path})
+		if err != nil {
+			continue
+		}
+		g.Close()
+		guards = append(guards, g.Path)
+	}
+	if err := j.Note("guards", guards); err != nil {
+		return fmt.Errorf("relocate: journal: %w", err)
+	}
+	return nil
+}
+
+// removeGuards removes the guard journals recorded in j.
+func removeGuards(j *journal.Journal) {
+	for _, r := range j.Records {
+		if r.Kind != "note" || r.Step != "guards" {
+			continue
+		}
+		var gs []string
+		json.Unmarshal(r.Data, &gs)
+		for _, g := range gs {
+			if os.Remove(g) == nil {
+				fsutil.SyncDir(g)
+			}
+		}
+	}
+}
+
+// isGuard reports whether the journal is a guard; for reports the
+// relocation journal it points at.
+func isGuard(j *journal.Journal) (string, bool) {
+	var gp guardPlan
+	if json.Unmarshal(j.Header.Plan, &gp) == nil && gp.GuardFor != "" {
+		return gp.GuardFor, true
+	}
+	return "", false
 }
 
 // FindJournals lists the unfinished relocation journals in dir (the target
@@ -646,6 +711,24 @@ func FindJournals(path, vmDir string) ([]string, error) {
 		if j.Header.Op != Op || j.Ended() {
 			continue
 		}
+		if main, ok := isGuard(j); ok {
+			if fi.IsDir() {
+				continue // listed through its relocation's journal
+			}
+			if _, err := os.Stat(main); err != nil {
+				// The relocation ended without removing this guard
+				// (killed right then): nothing to finish.
+				os.Remove(c)
+				continue
+			}
+			c = main
+			if j, err = journal.Read(c); err != nil {
+				return nil, err
+			}
+			if j.Ended() {
+				continue
+			}
+		}
 		if vmDir != "" {
 			var p Plan
 			if json.Unmarshal(j.Header.Plan, &p) != nil || p.Source != abs(vmDir) {
@@ -666,6 +749,12 @@ func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 	jr, err := journal.Read(path)
 	if err != nil {
 		return nil, err
+	}
+	if main, ok := isGuard(jr); ok {
+		path = main
+		if jr, err = journal.Read(path); err != nil {
+			return nil, err
+		}
 	}
 	if jr.Header.Op != Op {
 		return nil, fmt.Errorf("%s: a %s journal, not a relocation: run hvsnap %s --resume", path, jr.Header.Op, jr.Header.Op)
@@ -767,6 +856,7 @@ func execute(j *journal.Journal, p *Plan, o *Options, rep progress.Reporter, res
 			for _, f := range p.Files {
 				files = append(files, f.Source)
 			}
+			removeGuards(j)
 			removed, err := removeFiles(files, p.Source, o, locks)
 			res.Removed = append(res.Removed, removed...)
 			return nil, err
@@ -803,6 +893,7 @@ func (s *stepper) finish(p *Plan) error {
 		s.res.Hints = append(s.res.Hints, d.Hints...)
 	}
 	s.o.hook("finish")
+	removeGuards(s.j)
 	if err := s.j.Finish(); err != nil {
 		return fmt.Errorf("relocate: journal: %w", err)
 	}
@@ -868,6 +959,7 @@ func (s *stepper) move(prefix, src, staging, into, name, dst string, rep progres
 				os.RemoveAll(d)
 				fsutil.SyncDir(d)
 			}
+			removeGuards(s.j)
 			s.j.Finish()
 			return nil, fmt.Errorf("relocate: the copy in %s did not verify, it was discarded and %s is untouched (a failing disk or memory? check the volume, then run the relocation again): %v: %w", into, src, err, ErrVerify)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hvsnap/hvsnap/internal/journal"
 	"github.com/hvsnap/hvsnap/relocate"
 	"github.com/hvsnap/hvsnap/scenarios"
 )
@@ -18,7 +19,7 @@ func cmdRelocate() *cli.Command {
 	return &cli.Command{
 		Name:      "relocate",
 		Usage:     "move a VM to a volume with room, merge it there, and move it back (the 0x80070070 way out)",
-		ArgsUsage: "VM_DIR",
+		ArgsUsage: "VM_DIR | --resume JOURNAL",
 		Description: `The documented flow for a merge that fails with 0x80070070 ("There is not
 enough space on the disk") or a paused-critical VM, as one journaled,
 resumable operation:
@@ -41,8 +42,10 @@ resumable operation:
      at the target, verified, and the command to move it back later is
      printed (exit 3).
 
-The journal is kept in DIR: killed at any point, "hvsnap relocate VM_DIR --to
-DIR --resume" finishes it (the runbooks print this). Nothing is changed when
+The journal is kept in DIR, and a guard journal beside the source files makes
+other hvsnap commands refuse to modify them meanwhile: killed at any point,
+"hvsnap relocate VM_DIR --to DIR --resume" (or "hvsnap relocate --resume
+JOURNAL" with either journal) finishes it; the runbooks print this. Nothing is changed when
 the target lacks room (exit 3, with the numbers and the volumes that have
 room). VMCX configurations are never written: the PowerShell to run on the
 host is printed. Every step is printed as it runs.
@@ -81,6 +84,14 @@ func runRelocate(c *cli.Context) error {
 		return usagef("relocate: expected one VM_DIR, got %d arguments (see hvsnap relocate --help)", len(args))
 	}
 	vmDir := args[0]
+	if fi, err := os.Stat(vmDir); err == nil && fi.Mode().IsRegular() && journal.IsJournal(vmDir) {
+		// `hvsnap relocate --resume JOURNAL`: the relocation's journal, or
+		// the guard beside the source files that other commands name.
+		if !c.Bool("resume") {
+			return usagef("relocate: %s is a journal: add --resume to finish the operation it records", vmDir)
+		}
+		return resumeRelocation(c, vmDir)
+	}
 	if c.String("to") == "" {
 		return usagef("relocate: --to DIR is required (a folder on a volume with room)")
 	}
@@ -155,6 +166,29 @@ func runRelocate(c *cli.Context) error {
 		}
 	}
 	res, err := relocate.Run(p, o, reporter(c))
+	return relocateDone(c, w, res, err)
+}
+
+func resumeRelocation(c *cli.Context, path string) error {
+	pm, err := pathMap(c)
+	if err != nil {
+		return err
+	}
+	w := c.App.Writer
+	js, err := relocate.FindJournals(path, "")
+	if err != nil {
+		return err
+	}
+	if len(js) == 0 {
+		fmt.Fprintf(w, "relocate: %s records no unfinished relocation: nothing to resume\n", path)
+		return nil
+	}
+	o := &relocate.Options{PathMap: pm, Tool: "hvsnap " + version}
+	if !c.Bool("json") {
+		o.Log = func(line string) { fmt.Fprintln(w, "relocate: "+line) }
+		fmt.Fprintf(w, "relocate: finishing the interrupted relocation recorded in %s\n", js[0])
+	}
+	res, err := relocate.Resume(js[0], o, reporter(c))
 	return relocateDone(c, w, res, err)
 }
 

@@ -138,9 +138,24 @@ func TestRelocateCLIResume(t *testing.T) {
 	if code, _, errs := hv(t, args...); code == 0 || !strings.Contains(errs, "--resume") {
 		t.Errorf("second relocation without --resume: exit %d %s", code, errs)
 	}
-	out := mustHV(t, append(args, "--resume")...)
+	// The source's disks are guarded: merging one is refused with the way
+	// to finish the relocation.
+	leaf := bv.Leaf
+	code, out, errs := hv(t, "merge", "--yes", "--path-map", pm[0].String(), leaf)
+	if code == 0 || !strings.Contains(errs, "relocate --resume") {
+		t.Fatalf("merge of a disk under relocation: exit %d\n%s%s", code, out, errs)
+	}
+	guards, _ := filepath.Glob(filepath.Join(filepath.Dir(leaf), ".hvsnap-relocate-*.journal"))
+	if len(guards) != 1 || !strings.Contains(errs, guards[0]) {
+		t.Fatalf("guards %v; merge said %s", guards, errs)
+	}
+	// Either journal finishes it: here the guard the refusal named.
+	out = mustHV(t, "relocate", "--resume", guards[0])
 	if !strings.Contains(out, "finishing the interrupted relocation") || !strings.Contains(out, "is back in") {
 		t.Errorf("resume output:\n%s", out)
+	}
+	if g, _ := filepath.Glob(filepath.Join(filepath.Dir(leaf), ".hvsnap-relocate-*.journal")); len(g) != 0 {
+		t.Errorf("guards left after the relocation: %v", g)
 	}
 	got, err := storetest.ChainSHA256(filepath.Join(bv.Dir, "Virtual Hard Disks", "web.vhdx"), nil)
 	if err != nil || got != want {
