@@ -61,7 +61,7 @@ type Options struct {
 	// Move imports a folder package that sits on the destination's file
 	// system by moving its files into the staging folder instead of copying
 	// them (hvsnap relocate: the package was just written there). Every
-	// file is still read and its SHA-256 checked against the manifest
+	// file is still read and its digest checked against the manifest
 	// before it is moved; the package folder is left empty of data files.
 	Move bool
 	// Name is the imported folder's name in To (default: the package
@@ -843,10 +843,9 @@ func (im *importer) folder(dir string) (*Result, error) {
 	if err := pkgfmt.CheckManifest(m, lp); err != nil {
 		return nil, bad("%s: %v", pkg, err)
 	}
-	for _, f := range m.Files {
-		if kind, _ := f.Digest(); kind != pkgfmt.DigestSHA256 && !(im.o.AllowCRC32C && im.o.Move) {
-			return nil, bad("%s: the manifest has no SHA-256 for it (a CRC-32C is accepted only by hvsnap relocate's local move)", f.Path)
-		}
+	// Before anything is staged or moved.
+	if err := im.checkDigests(m); err != nil {
+		return nil, err
 	}
 	files := make([]pkgfmt.ListingFile, len(m.Files))
 	var total int64
@@ -877,9 +876,6 @@ func (im *importer) folderFile(pkg string, f pkgfmt.FileInfo) error {
 	if im.o.Move && !im.o.VerifyOnly {
 		return im.moveFile(pkg, f)
 	}
-	if f.SHA256 == "" {
-		return bad("%s: the manifest has no SHA-256 for it (a CRC-32C is accepted only by hvsnap relocate's local move)", filepath.Join(pkg, f.Path))
-	}
 	src, st, err := openInside(pkg, f.Path)
 	if err != nil {
 		return err
@@ -894,6 +890,23 @@ func (im *importer) folderFile(pkg string, f pkgfmt.FileInfo) error {
 	}
 	if sum != f.SHA256 {
 		return bad("%s: SHA-256 mismatch: the manifest says %s, the data is %s (damaged package)", filepath.Join(pkg, f.Path), f.SHA256, sum)
+	}
+	return nil
+}
+
+// crcAllowed: CRC-32C digests are accepted (relocate's local move, which
+// moves and verifies files; VerifyOnly reads through the SHA-256 path).
+func (im *importer) crcAllowed() bool {
+	return im.o.Move && im.o.AllowCRC32C && !im.o.VerifyOnly
+}
+
+// checkDigests refuses a manifest whose files carry CRC-32C unless the
+// import allows it.
+func (im *importer) checkDigests(m *pkgfmt.Manifest) error {
+	for _, f := range m.Files {
+		if kind, _ := f.Digest(); kind != pkgfmt.DigestSHA256 && !im.crcAllowed() {
+			return bad("%s: the manifest has no SHA-256 for it (a CRC-32C is accepted only by hvsnap relocate's local move)", f.Path)
+		}
 	}
 	return nil
 }
@@ -970,11 +983,11 @@ func (im *importer) moveFile(pkg string, f pkgfmt.FileInfo) error {
 // Verification, relinking, configurations, commit
 
 func (im *importer) finish(m *pkgfmt.Manifest) (*Result, error) {
+	if err := im.checkDigests(m); err != nil {
+		return nil, err
+	}
 	for _, f := range m.Files {
 		kind, want := f.Digest()
-		if kind != pkgfmt.DigestSHA256 && !(im.o.AllowCRC32C && im.o.Move) {
-			return nil, bad("%s: the manifest has no SHA-256 for it (a CRC-32C is accepted only by hvsnap relocate's local move)", f.Path)
-		}
 		if got := im.sums[f.Path]; got != want {
 			return nil, bad("%s: %s mismatch: the manifest says %s, the data is %s (damaged package)", f.Path, digestName(kind), want, got)
 		}

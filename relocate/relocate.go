@@ -9,11 +9,11 @@
 //
 //  1. export: the VM (configuration, checkpoint configurations, saved
 //     state, every disk of its chains, wherever they are) is written as a
-//     folder package on the target volume (export: sparse reads, SHA-256 of
-//     every file while it is read, fsync).
+//     folder package on the target volume (export: sparse reads, CRC-32C
+//     of every file while it is read, fsync).
 //  2. import: the package is imported on the same volume by moving its
 //     files (importer Options.Move): every file is read back and its
-//     SHA-256 checked against the manifest, parent locators and XML disk
+//     CRC-32C checked against the manifest, parent locators and XML disk
 //     paths are rewritten to the new place, then the folder is committed
 //     by one rename.
 //  3. verify: the imported VM's configuration is read and every chain it
@@ -368,7 +368,7 @@ func PlanRelocation(vmDir string, o *Options) (*Plan, error) {
 	}
 	// Target: the package (allocated bytes; holes are not written), the
 	// merges' growth, file-system metadata, the margin.
-	need := p.Alloc + p.MergeGrowth + p.Alloc/512 + 4<<20 + p.Margin
+	need := spaceNeed(p.Alloc, p.MergeGrowth, p.Margin)
 	tn := VolumeNeed{Mount: tv.Mount, Phase: "relocate", Free: -1, Need: need, OK: true}
 	if tok {
 		tn.Free = tv.Free
@@ -390,8 +390,7 @@ func PlanRelocation(vmDir string, o *Options) (*Plan, error) {
 			for _, m := range p.Merges {
 				freed += m.Freed
 			}
-			back := max(p.Alloc+p.MergeGrowth-freed, 0)
-			bn := back + back/512 + 4<<20 + p.Margin
+			bn := spaceNeed(max(p.Alloc+p.MergeGrowth-freed, 0), 0, p.Margin)
 			p.Volumes = append(p.Volumes, VolumeNeed{Mount: sv.Mount, Phase: "back", Free: after, Need: bn, OK: after >= bn})
 			if after < bn {
 				p.Notes = append(p.Notes, fmt.Sprintf("moving back to %s will probably not fit yet (needs %s, about %s free once the source is removed): the VM would stay at %s", sv.Mount, human(bn), human(after), p.TargetVM))
@@ -402,6 +401,13 @@ func PlanRelocation(vmDir string, o *Options) (*Plan, error) {
 		return p, &NoSpaceError{Mount: tv.Mount, Phase: "relocate", Need: need, Free: tv.Free, Room: room(vols, need, p), What: fmt.Sprintf("VM %s (%s of files%s)", p.VMName, human(p.Alloc), mergeWhat(p))}
 	}
 	return p, nil
+}
+
+// spaceNeed is the free space that files of alloc bytes (allocated; holes
+// are not written) plus grow bytes of merge growth need on a volume:
+// their bytes, file-system metadata, the documents, the margin.
+func spaceNeed(alloc, grow, margin int64) int64 {
+	return alloc + grow + alloc/512 + 4<<20 + margin
 }
 
 func mergeWhat(p *Plan) string {
@@ -618,9 +624,7 @@ func Run(p *Plan, o *Options, rep progress.Reporter) (*Result, error) {
 	defer j.Close()
 	o.hook("journal")
 	res := &Result{Plan: p, Journal: j.Path}
-	if err := writeGuards(j, p); err != nil {
-		return res, err
-	}
+	writeGuards(j, p)
 	return res, execute(j, p, o, rep, res, locks)
 }
 
@@ -632,45 +636,44 @@ type guardPlan struct {
 	GuardFor string `json:"guard_for"` // the relocation's journal
 }
 
-// writeGuards puts a guard journal in every folder of the source files
-// (best effort: a full source volume may not take one; the files stay
-// locked while the relocation runs) and records them in the journal.
-func writeGuards(j *journal.Journal, p *Plan) error {
-	dirs := map[string][]string{}
-	var order []string
+// guardDirs returns the folders of the source files, each with the files
+// in it, in plan order.
+func (p *Plan) guardDirs() ([]string, map[string][]string) {
+	files := map[string][]string{}
+	var dirs []string
 	for _, f := range p.Files {
 		d := filepath.Dir(f.Source)
-		if dirs[d] == nil {
-			order = append(order, d)
+		if files[d] == nil {
+			dirs = append(dirs, d)
 		}
-		dirs[d] = append(dirs[d], f.Source)
+		files[d] = append(files[d], f.Source)
 	}
-	var guards []string
-	for _, d := range order {
-		g, err := journal.Create(d, Op, dirs[d], guardPlan{GuardFor: j.Path})
-		if err != nil {
-			continue
-		}
-		g.Close()
-		guards = append(guards, g.Path)
-	}
-	if err := j.Note("guards", guards); err != nil {
-		return fmt.Errorf("relocate: journal: %w", err)
-	}
-	return nil
+	return dirs, files
 }
 
-// removeGuards removes the guard journals recorded in j.
-func removeGuards(j *journal.Journal) {
-	for _, r := range j.Records {
-		if r.Kind != "note" || r.Step != "guards" {
-			continue
+// writeGuards puts a guard journal in every folder of the source files
+// (best effort: a full source volume may not take one; the files stay
+// locked while the relocation runs).
+func writeGuards(j *journal.Journal, p *Plan) {
+	dirs, files := p.guardDirs()
+	for _, d := range dirs {
+		if g, err := journal.Create(d, Op, files[d], guardPlan{GuardFor: j.Path}); err == nil {
+			g.Close()
 		}
-		var gs []string
-		json.Unmarshal(r.Data, &gs)
-		for _, g := range gs {
-			if os.Remove(g) == nil {
-				fsutil.SyncDir(g)
+	}
+}
+
+// removeGuards removes the guard journals of j from the source folders
+// (found there, so that a guard written just before a crash goes too).
+func removeGuards(j *journal.Journal, p *Plan) {
+	dirs, _ := p.guardDirs()
+	for _, d := range dirs {
+		found, _ := journal.Find(d)
+		for _, g := range found {
+			if gj, err := journal.Read(g); err == nil {
+				if main, ok := isGuard(gj); ok && main == j.Path && os.Remove(g) == nil {
+					fsutil.SyncDir(g)
+				}
 			}
 		}
 	}
@@ -852,12 +855,8 @@ func execute(j *journal.Journal, p *Plan, o *Options, rep progress.Reporter, res
 	// 5. The source goes, now that the target verified.
 	if !p.KeepSource {
 		if err := s.do("remove-source", "removing the source files of VM "+p.VMName+" (the copy verified)", func(bool) (any, error) {
-			var files []string
-			for _, f := range p.Files {
-				files = append(files, f.Source)
-			}
-			removeGuards(j)
-			removed, err := removeFiles(files, p.Source, o, locks)
+			removeGuards(j, p)
+			removed, err := removeFiles(p.sources(), p.Source, o, locks)
 			res.Removed = append(res.Removed, removed...)
 			return nil, err
 		}); err != nil {
@@ -893,7 +892,7 @@ func (s *stepper) finish(p *Plan) error {
 		s.res.Hints = append(s.res.Hints, d.Hints...)
 	}
 	s.o.hook("finish")
-	removeGuards(s.j)
+	removeGuards(s.j, p)
 	if err := s.j.Finish(); err != nil {
 		return fmt.Errorf("relocate: journal: %w", err)
 	}
@@ -911,7 +910,7 @@ func (s *stepper) move(prefix, src, staging, into, name, dst string, rep progres
 	o := s.o
 	p := s.res.Plan
 	pkgDir := ""
-	if err := s.do(prefix+"export", "copying VM "+p.VMName+" from "+src+" to "+into+" (SHA-256 of every file)", func(started bool) (any, error) {
+	if err := s.do(prefix+"export", "copying VM "+p.VMName+" from "+src+" to "+into+" (CRC-32C of every file)", func(started bool) (any, error) {
 		if err := os.MkdirAll(staging, 0o755); err != nil {
 			return nil, fmt.Errorf("relocate: %w", err)
 		}
@@ -939,11 +938,8 @@ func (s *stepper) move(prefix, src, staging, into, name, dst string, rep progres
 			// Committed by the interrupted run: dst did not exist when
 			// the relocation was planned (or was removed before the move
 			// back), and only the import's commit (one rename) makes it.
-			for _, d := range []string{filepath.Join(into, ".hvsnap-import-"+name), staging} {
-				if err := os.RemoveAll(d); err != nil {
-					return nil, fmt.Errorf("relocate: %w", err)
-				}
-				fsutil.SyncDir(d)
+			if err := removeStaging(filepath.Join(into, ".hvsnap-import-"+name), staging); err != nil {
+				return nil, err
 			}
 			return importDone{Config: configOf(dst, o)}, nil
 		}
@@ -955,11 +951,8 @@ func (s *stepper) move(prefix, src, staging, into, name, dst string, rep progres
 		if errors.Is(err, importer.ErrBadPackage) {
 			// The copy just written does not read back as it was read:
 			// discard it (the source is untouched) and end.
-			for _, d := range []string{filepath.Join(into, ".hvsnap-import-"+name), staging} {
-				os.RemoveAll(d)
-				fsutil.SyncDir(d)
-			}
-			removeGuards(s.j)
+			removeStaging(filepath.Join(into, ".hvsnap-import-"+name), staging)
+			removeGuards(s.j, p)
 			s.j.Finish()
 			return nil, fmt.Errorf("relocate: the copy in %s did not verify, it was discarded and %s is untouched (a failing disk or memory? check the volume, then run the relocation again): %v: %w", into, src, err, ErrVerify)
 		}
@@ -967,10 +960,9 @@ func (s *stepper) move(prefix, src, staging, into, name, dst string, rep progres
 			return nil, fmt.Errorf("relocate: %w", err)
 		}
 		o.hook(prefix + "import-committed")
-		if err := os.RemoveAll(staging); err != nil {
-			return nil, fmt.Errorf("relocate: %w", err)
+		if err := removeStaging(staging); err != nil {
+			return nil, err
 		}
-		fsutil.SyncDir(staging)
 		return importDone{Config: ir.Config, Hints: ir.Hints}, nil
 	}); err != nil {
 		return err
@@ -978,6 +970,18 @@ func (s *stepper) move(prefix, src, staging, into, name, dst string, rep progres
 	return s.do(prefix+"verify", "verifying VM "+p.VMName+" in "+dst+" (every chain opens with matching linkage and checks clean)", func(bool) (any, error) {
 		return nil, verifyVM(dst, p, o)
 	})
+}
+
+// removeStaging removes staging folders (absent ones are fine) and syncs
+// their parents.
+func removeStaging(dirs ...string) error {
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("relocate: %w", err)
+		}
+		fsutil.SyncDir(d)
+	}
+	return nil
 }
 
 func configOf(dir string, o *Options) string {
@@ -1169,7 +1173,7 @@ func (s *stepper) back(p *Plan, rep progress.Reporter) error {
 			if err != nil {
 				return fmt.Errorf("relocate: %w", err)
 			}
-			need := c.Alloc + c.Alloc/512 + 4<<20 + p.Margin
+			need := spaceNeed(c.Alloc, 0, p.Margin)
 			vols, err := o.volumes().Volumes()
 			if err != nil {
 				return fmt.Errorf("relocate: %w", err)

@@ -920,11 +920,8 @@ func (b *vxBackend) writeWindow(p []byte, off int64, parent io.ReaderAt) error {
 			// The new block lies past the end of the file as it is: a MiB
 			// that would only hold zeros is left unwritten and reads as
 			// zeros (a hole), unless the parent's data has to go there.
-			wroteEnd := false
 			for c := int64(0); c < g.bs; c += MiB {
-				wroteEnd = true
 				if !fromParent && (c+MiB <= in || in+n <= c) {
-					wroteEnd = false
 					continue
 				}
 				if in <= c && c+MiB <= in+n {
@@ -954,9 +951,9 @@ func (b *vxBackend) writeWindow(p []byte, off int64, parent io.ReaderAt) error {
 					return b.ioErr(err)
 				}
 			}
-			if !wroteEnd {
-				// The file reaches the block's end (zeros), before the
-				// block table names it.
+			if !fromParent && in+n <= g.bs-MiB {
+				// The last MiB was left unwritten: the file reaches the
+				// block's end (zeros) before the block table names it.
 				if err := b.f.Truncate(newOff + g.bs); err != nil {
 					return b.ioErr(err)
 				}

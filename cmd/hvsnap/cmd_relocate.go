@@ -29,7 +29,7 @@ resumable operation:
      locks (a running VM's files are refused: "in use"), free space on the
      target for the files and, with --merge, for the merges (with a margin);
   2. copy the VM to DIR/<VM name> through a package on the target volume:
-     SHA-256 of every file while it is read, read back and checked before the
+     CRC-32C of every file while it is read, read back and checked before the
      copy is committed; parent locators and XML disk paths rewritten to the
      new place; every chain checked;
   3. with --merge: run the pending merges there (checkpoint disks that no
@@ -254,7 +254,7 @@ func printRelocatePlan(w io.Writer, p *relocate.Plan) {
 		fmt.Fprintf(w, "  %d. %s\n", n, fmt.Sprintf(format, args...))
 		n++
 	}
-	step("copy to %s through a package in %s (SHA-256 of every file, read back and checked)", p.TargetVM, filepath.Base(p.Staging))
+	step("copy to %s through a package in %s (CRC-32C of every file, read back and checked)", p.TargetVM, filepath.Base(p.Staging))
 	step("verify: parent locators and configuration paths rewritten to the new place, every chain opens and checks clean")
 	if p.Merge {
 		if len(p.Merges) == 0 {
