@@ -200,6 +200,16 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("merge: %w", err)
 	}
+	// A VMCX whose replay log still holds changes (not replayed by hvsnap)
+	// or with damaged entries may lack a checkpoint that uses these disks:
+	// merging could destroy that checkpoint.
+	for _, v := range st.VMs {
+		for _, c := range append([]*vm.Config{v.Config}, v.Checkpoints...) {
+			if c != nil && c.PossiblyInconsistent {
+				return nil, refused(disk, "%s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): it may have checkpoints that use these disks; let Hyper-V open it once on the host (Get-VM), or merge there", c.Path)
+			}
+		}
+	}
 
 	p := &Plan{Schema: PlanSchema, Disk: disk, Into: layers[k], Keep: o.Keep, Configs: []ConfigChange{}, Notes: []string{}}
 	for _, m := range o.PathMap {

@@ -1,0 +1,85 @@
+package importer_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hvsnap/hvsnap/export"
+	"github.com/hvsnap/hvsnap/internal/storetest"
+	"github.com/hvsnap/hvsnap/merge"
+	"github.com/hvsnap/hvsnap/vhd"
+)
+
+// A VMCX with an outstanding replay-log entry (hvsnap does not replay VMCX
+// logs) may name an old set of disks: export, and so relocate, refuse it
+// with the reason instead of packaging what may be the wrong disks.
+func TestExportRefusesUnreplayedVMCX(t *testing.T) {
+	data, err := storetest.VMCXSeed(filepath.Join("..", "vm", "testdata", "fuzz", "FuzzVMCX", "seed-5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	vmDir := filepath.Join(root, "fuzz")
+	cdir := filepath.Join(root, "c")
+	cfg := filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx")
+	os.MkdirAll(filepath.Dir(cfg), 0o755)
+	os.MkdirAll(cdir, 0o755)
+	if err := os.WriteFile(cfg, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for d, f := range map[string]vhd.Format{"a.vhd": vhd.FormatVHD, "d.vhdx": vhd.FormatVHDX} {
+		im, err := vhd.Create(filepath.Join(cdir, d), vhd.CreateSpec{Format: f, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Close()
+	}
+	pm, _ := vhd.ParsePathMapping(`C:\=` + cdir)
+	o := export.Options{To: filepath.Join(root, "out"), PathMap: vhd.PathMap{pm}}
+	for name, fn := range map[string]func() error{
+		"export": func() error { _, err := export.Export(vmDir, o, nil); return err },
+		"list":   func() error { _, err := export.List(vmDir, o); return err },
+	} {
+		err := fn()
+		if err == nil || !strings.Contains(err.Error(), "replay-log") || !strings.Contains(err.Error(), cfg) {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+	if _, err := os.Stat(o.To); !os.IsNotExist(err) {
+		t.Error("the refused export wrote its destination")
+	}
+}
+
+// merge refuses too: the unreplayed changes may add a checkpoint that uses
+// the disks.
+func TestMergeRefusesUnreplayedVMCX(t *testing.T) {
+	data, err := storetest.VMCXSeed(filepath.Join("..", "vm", "testdata", "fuzz", "FuzzVMCX", "seed-5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmDir := filepath.Join(t.TempDir(), "fuzz")
+	disks := filepath.Join(vmDir, "Virtual Hard Disks")
+	os.MkdirAll(disks, 0o755)
+	os.MkdirAll(filepath.Join(vmDir, "Virtual Machines"), 0o755)
+	if err := os.WriteFile(filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base, child := filepath.Join(disks, "x.vhdx"), filepath.Join(disks, "x_1.avhdx") // no drive of the config names them
+	for _, sp := range []struct {
+		path string
+		spec vhd.CreateSpec
+	}{{base, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}}, {child, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: base}}} {
+		im, err := vhd.Create(sp.path, sp.spec, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Close()
+	}
+	_, err = merge.PlanMerge(child, &merge.Options{Roots: []string{vmDir}})
+	if !errors.Is(err, merge.ErrRefused) || !strings.Contains(err.Error(), "replay-log") {
+		t.Fatalf("err = %v", err)
+	}
+}

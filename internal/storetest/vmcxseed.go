@@ -1,0 +1,40 @@
+package storetest
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+)
+
+// VMCXSeed reads a VMCX container from the vm package's committed fuzz
+// corpus (vm/testdata/fuzz/FuzzVMCX/seed-N: Go's "go test fuzz v1" file
+// holding the container in its packed form) and returns the file as it is
+// on disk: the two 46-byte headers at 0x0 and 0x1000, the rest from the
+// object table at 0x2000. Tests of packages that cannot build VMCX files
+// themselves use it (seed-5: VM "fuzz", ID 6F2B7A31-0C43-4E59-9B1D-
+// 2A7C5E8F9013, drives C:\a.vhd and C:\d.vhdx, one outstanding replay-log
+// entry).
+func VMCXSeed(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	lines := bytes.SplitN(raw, []byte("\n"), 3)
+	if len(lines) < 2 || string(lines[0]) != "go test fuzz v1" || !bytes.HasPrefix(lines[1], []byte("[]byte(")) || !bytes.HasSuffix(lines[1], []byte(")")) {
+		return nil, fmt.Errorf("%s: not a go fuzz []byte seed", path)
+	}
+	s, err := strconv.Unquote(string(lines[1][len("[]byte(") : len(lines[1])-1]))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	const hdr, h2, obj = 46, 0x1000, 0x2000
+	in := []byte(s)
+	if len(in) < 2*hdr {
+		return nil, fmt.Errorf("%s: %d bytes, shorter than two headers", path, len(in))
+	}
+	file := make([]byte, obj, obj+len(in)-2*hdr)
+	copy(file, in[:hdr])
+	copy(file[h2:], in[hdr:2*hdr])
+	return append(file, in[2*hdr:]...), nil
+}
