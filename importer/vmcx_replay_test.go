@@ -10,6 +10,7 @@ import (
 	"github.com/hvsnap/hvsnap/export"
 	"github.com/hvsnap/hvsnap/internal/storetest"
 	"github.com/hvsnap/hvsnap/merge"
+	"github.com/hvsnap/hvsnap/space"
 	"github.com/hvsnap/hvsnap/vhd"
 )
 
@@ -81,5 +82,41 @@ func TestMergeRefusesUnreplayedVMCX(t *testing.T) {
 	_, err = merge.PlanMerge(child, &merge.Options{Roots: []string{vmDir}})
 	if !errors.Is(err, merge.ErrRefused) || !strings.Contains(err.Error(), "replay-log") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// cleanup --orphans does not remove a disk that such a VMCX may still use.
+func TestCleanupKeepsOrphanOfUnreplayedVMCX(t *testing.T) {
+	data, err := storetest.VMCXSeed(filepath.Join("..", "vm", "testdata", "fuzz", "FuzzVMCX", "seed-5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmDir := filepath.Join(t.TempDir(), "fuzz")
+	disks := filepath.Join(vmDir, "Virtual Hard Disks")
+	os.MkdirAll(disks, 0o755)
+	os.MkdirAll(filepath.Join(vmDir, "Virtual Machines"), 0o755)
+	if err := os.WriteFile(filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base, orphan := filepath.Join(disks, "x.vhdx"), filepath.Join(disks, "x_1.avhdx")
+	im, err := vhd.Create(base, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+	if im, err = vhd.Create(orphan, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: base}, nil); err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+	res, err := merge.Cleanup([]string{vmDir}, merge.CleanupOptions{Orphans: true, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}, nil)
+	if _, serr := os.Stat(orphan); serr != nil {
+		t.Fatalf("the orphan was removed (%v, %+v)", err, res)
+	}
+	found := false
+	for _, a := range res.Actions {
+		found = found || (a.Kind == "remove-orphan" && a.Status == "skipped" && strings.Contains(a.Reason, "replay-log"))
+	}
+	if !found {
+		t.Errorf("cleanup: %v %+v", err, res.Actions)
 	}
 }

@@ -257,6 +257,9 @@ func removeOrphan(path string, roots []string, pm vhd.PathMap) error {
 	if err != nil {
 		return err
 	}
+	if err := st.consistent(path); err != nil {
+		return err
+	}
 	c := canon(path)
 	if kids := append(st.Children[c], st.Broken[c]...); len(kids) > 0 {
 		return refused(path, "other disks depend on it: %v", kids)

@@ -115,6 +115,21 @@ func Discover(roots []string, extra []string, pm vhd.PathMap, wrap vhd.FileWrapp
 	return s, nil
 }
 
+// consistent refuses to change disk when a configuration found may lack
+// its last changes: a VMCX whose replay log still holds changes (hvsnap
+// does not replay it) or with damaged entries may have a checkpoint, or a
+// drive, that uses the disk.
+func (s *Store) consistent(disk string) error {
+	for _, v := range s.VMs {
+		for _, c := range append([]*vm.Config{v.Config}, v.Checkpoints...) {
+			if c != nil && c.PossiblyInconsistent {
+				return refused(disk, "%s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): it may have checkpoints or drives that use this disk; let Hyper-V open it once on the host (Get-VM), or do this there", c.Path)
+			}
+		}
+	}
+	return nil
+}
+
 // configUse is one configuration naming a disk.
 type configUse struct {
 	cfg        *vm.Config
@@ -200,15 +215,8 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("merge: %w", err)
 	}
-	// A VMCX whose replay log still holds changes (not replayed by hvsnap)
-	// or with damaged entries may lack a checkpoint that uses these disks:
-	// merging could destroy that checkpoint.
-	for _, v := range st.VMs {
-		for _, c := range append([]*vm.Config{v.Config}, v.Checkpoints...) {
-			if c != nil && c.PossiblyInconsistent {
-				return nil, refused(disk, "%s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): it may have checkpoints that use these disks; let Hyper-V open it once on the host (Get-VM), or merge there", c.Path)
-			}
-		}
+	if err := st.consistent(disk); err != nil {
+		return nil, err
 	}
 
 	p := &Plan{Schema: PlanSchema, Disk: disk, Into: layers[k], Keep: o.Keep, Configs: []ConfigChange{}, Notes: []string{}}
