@@ -117,7 +117,7 @@ func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 			if ctx.Err() != nil {
 				return
 			}
-			stateVols[i] = a.volumeOf(s.Path)
+			stateVols[i] = a.volumeOfFile(s.Path, s.FileInfo())
 		}
 	}()
 	rp.Start("read disk headers", 0)
@@ -287,14 +287,17 @@ func (f *diskFile) read(p string) {
 // readDisk describes one file from its headers, BAT and locator.
 func (a *analysis) readDisk(p string) (*Disk, int64) {
 	d := &Disk{Path: p, MergeGrowth: -1}
+	var fi os.FileInfo
 	if sf, ok := a.scanned[p]; ok {
 		d.FileSize, d.ModTime, d.Allocated = sf.Size, sf.ModTime.UTC(), sf.Allocated
-	} else if fi, err := (describer{a}).Stat(p); err == nil {
+		fi = sf.FileInfo()
+	} else if st, err := (describer{a}).Stat(p); err == nil {
+		fi = st
 		d.FileSize = fi.Size()
 		d.ModTime = fi.ModTime().UTC()
 		d.Allocated = allocatedBytes(fi)
 	}
-	d.Volume = a.volumeOf(p)
+	d.Volume = a.volumeOfFile(p, fi)
 	f := a.file(p)
 	if f.err != nil {
 		d.Error = f.err.Error()
@@ -329,9 +332,12 @@ func (d describer) Describe(p string) (vhd.Info, error) {
 	return f.info, f.err
 }
 
-// Stat is os.Stat, once per path.
+// Stat is os.Stat, once per path: the scan's stat for a disk it found.
 func (d describer) Stat(p string) (os.FileInfo, error) {
 	a := d.a
+	if sf, ok := a.scanned[p]; ok && sf.FileInfo() != nil {
+		return sf.FileInfo(), nil
+	}
 	a.filesMu.Lock()
 	st, ok := a.stats[p]
 	a.filesMu.Unlock()
@@ -349,8 +355,10 @@ type statResult struct {
 	err error
 }
 
-func (a *analysis) volumeOf(p string) string {
-	if v, ok := a.vidx.For(p); ok {
+// volumeOfFile is the mount point of the volume holding p, whose stat fi
+// is known (or nil); "" when none.
+func (a *analysis) volumeOfFile(p string, fi os.FileInfo) string {
+	if v, ok := a.vidx.ForFile(p, fi); ok {
 		return v.Mount
 	}
 	return ""

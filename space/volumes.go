@@ -190,11 +190,40 @@ type VolumeIndex struct {
 	vols []VolumeInfo
 	mu   sync.Mutex
 	dirs map[string]string // absolute folder → resolved folder
+	// byFS: FSID → index in vols of the only volume with that FSID (-1
+	// when several share it: bind mounts, a mount point mounted over).
+	byFS map[string]int
 }
 
 // NewVolumeIndex indexes vols.
 func NewVolumeIndex(vols []VolumeInfo) *VolumeIndex {
-	return &VolumeIndex{vols: vols, dirs: map[string]string{}}
+	x := &VolumeIndex{vols: vols, dirs: map[string]string{}, byFS: map[string]int{}}
+	for i, v := range vols {
+		if v.FSID == "" {
+			continue
+		}
+		if _, dup := x.byFS[v.FSID]; dup {
+			x.byFS[v.FSID] = -1
+		} else {
+			x.byFS[v.FSID] = i
+		}
+	}
+	return x
+}
+
+// ForFile is [VolumeIndex.For] for a file whose stat (following links) the
+// caller has: when the file system it names (st_dev) is under exactly one
+// volume, that volume, with no system call; otherwise (no stat, an unknown
+// or shared file system, Windows) For(path).
+func (x *VolumeIndex) ForFile(path string, fi os.FileInfo) (VolumeInfo, bool) {
+	if fi != nil && len(x.byFS) > 0 {
+		if id := statFSID(fi); id != "" {
+			if i, ok := x.byFS[id]; ok && i >= 0 {
+				return x.vols[i], true
+			}
+		}
+	}
+	return x.For(path)
 }
 
 // For is VolumeFor(vols, path) with the folder resolution cached. A path

@@ -15,6 +15,11 @@ func fsID(mount string) string {
 	if err != nil {
 		return ""
 	}
+	return statFSID(fi)
+}
+
+// statFSID is the fsID of the file system holding the file fi describes.
+func statFSID(fi os.FileInfo) string {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		return strconv.FormatUint(uint64(st.Dev), 10)
 	}

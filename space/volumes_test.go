@@ -248,3 +248,43 @@ func TestSystemMount(t *testing.T) {
 		}
 	}
 }
+
+// ForFile takes the volume from the file's st_dev when exactly one volume
+// has that file system, and falls back to the path otherwise.
+func TestVolumeForFileByDevice(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no st_dev on Windows: ForFile is For")
+	}
+	dir := realTempDir(t)
+	p := filepath.Join(dir, "a.vhdx")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := statFSID(fi)
+	if id == "" {
+		t.Fatal("statFSID gave nothing for a regular file")
+	}
+	// dir is listed as a volume of another file system: the path says dir,
+	// the device says "/".
+	vols := []VolumeInfo{{Mount: "/", FSID: id}, {Mount: dir, FSID: "other"}}
+	if v, ok := NewVolumeIndex(vols).ForFile(p, fi); !ok || v.Mount != "/" {
+		t.Errorf("by device: got %q %v, want /", v.Mount, ok)
+	}
+	if v, ok := NewVolumeIndex(vols).ForFile(p, nil); !ok || v.Mount != dir {
+		t.Errorf("without a stat: got %q %v, want %s (the path)", v.Mount, ok, dir)
+	}
+	// Two volumes on the file system (a bind mount): the path decides.
+	vols[1].FSID = id
+	if v, ok := NewVolumeIndex(vols).ForFile(p, fi); !ok || v.Mount != dir {
+		t.Errorf("shared file system: got %q %v, want %s (the path)", v.Mount, ok, dir)
+	}
+	// No volume has the file system: the path decides.
+	vols[0].FSID, vols[1].FSID = "x", "y"
+	if v, ok := NewVolumeIndex(vols).ForFile(p, fi); !ok || v.Mount != dir {
+		t.Errorf("unknown file system: got %q %v, want %s (the path)", v.Mount, ok, dir)
+	}
+}

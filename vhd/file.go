@@ -3,6 +3,8 @@ package vhd
 import (
 	"io"
 	"os"
+
+	"github.com/hvsnap/hvsnap/internal/fsutil"
 )
 
 // File is the I/O surface format code uses. Everything a backend reads or
@@ -30,11 +32,13 @@ func (f osFile) Size() (int64, error) {
 
 // openFile opens path for reading, or reading and writing.
 func openFile(path string, rw bool) (File, error) {
-	flag := os.O_RDONLY
+	var f *os.File
+	var err error
 	if rw {
-		flag = os.O_RDWR
+		f, err = os.OpenFile(path, os.O_RDWR, 0)
+	} else {
+		f, err = fsutil.OpenRead(path)
 	}
-	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hvsnap/hvsnap/internal/fsutil"
 )
 
 // Configuration kinds.
@@ -109,7 +112,13 @@ type StateFile struct {
 	Size      int64
 	Allocated int64 // bytes allocated on the host file system
 	ModTime   time.Time
+
+	fi os.FileInfo // what the stat of the file returned
 }
+
+// FileInfo is what the stat that found the file returned (following a
+// link), or nil when unknown.
+func (s StateFile) FileInfo() os.FileInfo { return s.fi }
 
 // ParseOptions tunes [ParseConfig].
 type ParseOptions struct {
@@ -130,7 +139,7 @@ func ParseConfig(path string, opts *ParseOptions) (*Config, error) {
 	if opts == nil {
 		opts = &ParseOptions{}
 	}
-	f, err := os.Open(path)
+	f, err := fsutil.OpenRead(path)
 	if err != nil {
 		return nil, &Error{Path: path, Offset: -1, Msg: "cannot open", Err: err}
 	}
@@ -141,6 +150,26 @@ func ParseConfig(path string, opts *ParseOptions) (*Config, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, &Error{Path: path, Offset: -1, Msg: "not a regular file", Err: ErrNotConfig}
+	}
+	if size := fi.Size(); size <= maxXMLSize {
+		// The whole file in one read (a scan parses thousands of these);
+		// a file that grew since the Stat is read as a stream below.
+		raw := make([]byte, size+1)
+		n, err := f.ReadAt(raw, 0)
+		if err != nil && err != io.EOF {
+			return nil, &Error{Path: path, Offset: -1, Msg: "cannot read", Err: err}
+		}
+		if int64(n) <= size {
+			raw = raw[:n]
+			if n >= 4 && le.Uint32(raw) == vmcxSignature {
+				return ParseVMCXConfig(bytes.NewReader(raw), int64(n), path, opts)
+			}
+			root, err := xmlTreeOf(raw, path)
+			if err != nil {
+				return nil, err
+			}
+			return xmlConfigOf(root, path, opts)
+		}
 	}
 	var sig [4]byte
 	n, _ := f.ReadAt(sig[:], 0)
@@ -157,6 +186,10 @@ func ParseXMLConfig(r io.Reader, path string, opts *ParseOptions) (*Config, erro
 	if err != nil {
 		return nil, err
 	}
+	return xmlConfigOf(root, path, opts)
+}
+
+func xmlConfigOf(root *Key, path string, opts *ParseOptions) (*Config, error) {
 	c, err := configFromTree(root, path, KindXML)
 	if err != nil {
 		return nil, err
@@ -495,7 +528,7 @@ func stateFileOf(p string, fi os.FileInfo) StateFile {
 	}
 	return StateFile{
 		Path: p, Type: stateType(p), OwnerID: owner,
-		Size: fi.Size(), Allocated: allocatedBytes(fi), ModTime: fi.ModTime(),
+		Size: fi.Size(), Allocated: allocatedBytes(fi), ModTime: fi.ModTime(), fi: fi,
 	}
 }
 

@@ -58,7 +58,13 @@ type DiskFile struct {
 	Size      int64
 	Allocated int64 // bytes allocated on the host file system (size on Windows)
 	ModTime   time.Time
+
+	fi os.FileInfo // what the scan's stat returned
 }
+
+// FileInfo is what the scan's stat of the file returned (following a link),
+// or nil when the file was not stat'ed by the scan.
+func (d DiskFile) FileInfo() os.FileInfo { return d.fi }
 
 // Warning is a problem found during a scan, with the file it concerns.
 type Warning struct {
@@ -296,7 +302,7 @@ func (w *walker) file(p string, fi os.FileInfo, link bool) {
 	case catDisk:
 		w.disks = append(w.disks, DiskFile{
 			Path: p, Ext: strings.ToLower(strings.TrimPrefix(filepath.Ext(p), ".")),
-			Size: fi.Size(), Allocated: allocatedBytes(fi), ModTime: fi.ModTime(),
+			Size: fi.Size(), Allocated: allocatedBytes(fi), ModTime: fi.ModTime(), fi: fi,
 		})
 	case catState:
 		w.states = append(w.states, stateFileOf(p, fi))

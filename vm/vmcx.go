@@ -3,8 +3,9 @@ package vm
 import (
 	"fmt"
 	"io"
-	"os"
 	"sort"
+
+	"github.com/hvsnap/hvsnap/internal/fsutil"
 )
 
 // ContainerOptions tunes [ReadContainer].
@@ -50,7 +51,7 @@ func (c *Container) Root(name string) *Key {
 
 // OpenContainer reads the VMCX/VMRS file at path. See [ReadContainer].
 func OpenContainer(path string, opts *ContainerOptions) (*Container, error) {
-	f, err := os.Open(path)
+	f, err := fsutil.OpenRead(path)
 	if err != nil {
 		return nil, &Error{Path: path, Offset: -1, Msg: "cannot open", Err: err}
 	}

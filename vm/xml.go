@@ -28,6 +28,11 @@ func ReadXMLTree(r io.Reader, path string) (*Key, error) {
 	if err != nil {
 		return nil, &Error{Path: path, Offset: -1, Msg: "cannot read", Err: err}
 	}
+	return xmlTreeOf(raw, path)
+}
+
+// xmlTreeOf is [ReadXMLTree] of a document already read.
+func xmlTreeOf(raw []byte, path string) (*Key, error) {
 	if len(raw) > maxXMLSize {
 		return nil, corruptf(path, -1, "XML configuration larger than %d bytes", maxXMLSize)
 	}
