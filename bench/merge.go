@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 
 	"github.com/hvsnap/hvsnap/vhd"
 )
@@ -19,7 +20,7 @@ import (
 // state, since hvsnap removes the merged file and fsyncs) and `cp` of the
 // same number of bytes (+ sync). Every run starts from pristine copies
 // (untimed).
-func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) []result {
+func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result, med mergeRatios) {
 	pristine := filepath.Join(dir, "merge-pristine")
 	os.MkdirAll(pristine, 0o755)
 	parent := filepath.Join(pristine, "base.vhdx")
@@ -50,9 +51,6 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) []result {
 		mustRun("cp", "--sparse=always", parent, child, work)
 		exec.Command("sync").Run()
 	}
-	var res []result
-	res = append(res, measure("merge/hvsnap", runs, copyBytes, restore, hv, "-q", "merge", "--yes", "--margin", "0", filepath.Join(work, filepath.Base(child))))
-
 	// cp of the same number of bytes (a non-sparse file), plus sync.
 	blob := filepath.Join(pristine, "blob")
 	f, err := os.Create(blob)
@@ -65,32 +63,92 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) []result {
 		f.Write(buf[:min(left, int64(len(buf)))])
 	}
 	f.Close()
+	defer os.Remove(blob)
 	blobCopy := filepath.Join(work, "blob")
-	freshCp := func() { os.Remove(blobCopy); exec.Command("sync").Run() }
-	res = append(res, measure("merge/cp+sync", runs, copyBytes, freshCp, "sh", "-c", fmt.Sprintf("cp %q %q && sync", blob, blobCopy)))
-	os.Remove(blob)
+	freshCp := func() { os.RemoveAll(work); os.MkdirAll(work, 0o755); exec.Command("sync").Run() }
 
-	if exec.Command("qemu-img", "--version").Run() == nil {
+	// The equivalent qcow2 chain for qemu-img commit.
+	haveQemu := exec.Command("qemu-img", "--version").Run() == nil
+	bq := filepath.Join(pristine, "base.qcow2")
+	cq := filepath.Join(pristine, "child.qcow2")
+	if haveQemu {
 		full := filepath.Join(pristine, "full.raw")
-		bq := filepath.Join(pristine, "base.qcow2")
-		cq := filepath.Join(pristine, "child.qcow2")
 		mustRun(hv, "-q", "convert", child, full)
 		mustRun("qemu-img", "convert", "-f", "vhdx", "-O", "qcow2", parent, bq)
 		mustRun("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", full, cq)
 		os.Remove(full)
-		restoreQ := func() {
-			os.RemoveAll(work)
-			os.MkdirAll(work, 0o755)
-			mustRun("cp", "--sparse=always", bq, cq, work)
-			exec.Command("sync").Run()
+	}
+	restoreQ := func() {
+		os.RemoveAll(work)
+		os.MkdirAll(work, 0o755)
+		mustRun("cp", "--sparse=always", bq, cq, work)
+		exec.Command("sync").Run()
+	}
+
+	// Runs go round robin (hvsnap, cp, qemu-img, hvsnap, ...) so that all
+	// three see the same state of this machine, whose disk speed drifts by
+	// tens of percent over minutes; the ratios are the medians of the
+	// per-round ratios (and best / best is printed too).
+	h := result{Name: "merge/hvsnap"}
+	c := result{Name: "merge/cp+sync"}
+	cr := result{Name: "merge/cp+sync+rm"}
+	victim := filepath.Join(work, "victim")
+	withVictim := func() {
+		freshCp()
+		mustRun("cp", "--sparse=always", child, victim)
+		exec.Command("sync").Run()
+	}
+	q := result{Name: "merge/qemu-img-commit+rm+sync"}
+	for i := 0; i < runs; i++ {
+		r := measure(h.Name, 1, copyBytes, restore, hv, "-q", "merge", "--yes", "--margin", "0", filepath.Join(work, filepath.Base(child)))
+		h = best(h, r)
+		hs := r.Seconds
+		fmt.Printf("  merge round %d: hvsnap %.2f s", i+1, hs)
+		r = measure(c.Name, 1, copyBytes, freshCp, "sh", "-c", fmt.Sprintf("cp %q %q && sync", blob, blobCopy))
+		c = best(c, r)
+		med.cp = append(med.cp, hs/r.Seconds)
+		fmt.Printf(", cp+sync %.2f s", r.Seconds)
+		// For information: cp + sync + removing a file the size of the
+		// merged child, the other half of what a merge does (on a volume
+		// mounted with online discard the removal waits for the device).
+		r = measure(cr.Name, 1, copyBytes, withVictim, "sh", "-c", fmt.Sprintf("cp %q %q && sync && rm %q && sync", blob, blobCopy, victim))
+		cr = best(cr, r)
+		med.cpRm = append(med.cpRm, hs/r.Seconds)
+		fmt.Printf(", cp+sync+rm %.2f s", r.Seconds)
+		if haveQemu {
+			// The same end state as hvsnap merge: data in the base, the
+			// merged overlay removed, everything durable.
+			r = measure(q.Name, 1, copyBytes, restoreQ, "sh", "-c",
+				fmt.Sprintf("cd %q && qemu-img commit -q child.qcow2 && rm child.qcow2 && sync", work))
+			q = best(q, r)
+			med.qemu = append(med.qemu, hs/r.Seconds)
+			fmt.Printf(", qemu-img commit+rm+sync %.2f s", r.Seconds)
 		}
-		// The same end state as hvsnap merge: data in the base, the merged
-		// overlay removed, everything durable.
-		res = append(res, measure("merge/qemu-img-commit+rm+sync", runs, copyBytes, restoreQ, "sh", "-c",
-			fmt.Sprintf("cd %q && qemu-img commit -q child.qcow2 && rm child.qcow2 && sync", work)))
+		fmt.Println()
+	}
+	res = []result{h, c, cr}
+	if haveQemu {
+		res = append(res, q)
 	}
 	os.RemoveAll(work)
-	return res
+	return res, med
+}
+
+// mergeRatios are the per-round ratios hvsnap / peer.
+type mergeRatios struct{ cp, cpRm, qemu []float64 }
+
+// median of xs (0 for none).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + m) / 2
+	}
+	return m
 }
 
 // writeChild creates a differencing child of parent holding total bytes of

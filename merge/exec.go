@@ -31,6 +31,13 @@ const chunk = 4 << 20
 // transaction grows large): a single flush, like cp + sync.
 const batchBytes = 1 << 40
 
+// writebackEvery: the copy asks the device to start writing after every so
+// many bytes (Image.StartWriteback), so that writing overlaps copying.
+const writebackEvery = 32 << 20
+
+// verifyWorkers read P back in parallel (both cores of a small host).
+const verifyWorkers = 2
+
 // Run executes a plan: locks, space check, journal, steps. A *NoSpaceError
 // before anything is touched means nothing changed.
 func Run(p *Plan, o *Options, rep progress.Reporter) (*Result, error) {
@@ -422,12 +429,21 @@ func pieces(c *vhd.Image, fn func(piece) error) error {
 // speed (SSE4.2/ARMv8 instructions) and catches any misplaced or damaged
 // sector; SHA-256 over the records makes the whole sequence one value.
 func hashPiece(h hash.Hash, pc piece) {
+	var crc uint32
+	if !pc.zero {
+		crc = crc32.Checksum(pc.buf[:pc.n], castagnoli)
+	}
+	hashRecord(h, pc, crc)
+}
+
+// hashRecord is hashPiece with the CRC-32C of the data already computed.
+func hashRecord(h hash.Hash, pc piece, crc uint32) {
 	var hdr [21]byte
 	hdr[0] = 'D'
 	if pc.zero {
 		hdr[0] = 'Z'
 	} else {
-		binary.LittleEndian.PutUint32(hdr[17:], crc32.Checksum(pc.buf[:pc.n], castagnoli))
+		binary.LittleEndian.PutUint32(hdr[17:], crc)
 	}
 	binary.LittleEndian.PutUint64(hdr[1:], uint64(pc.off))
 	binary.LittleEndian.PutUint64(hdr[9:], uint64(pc.n))
@@ -493,6 +509,7 @@ func copyInto(st *Step, g vhd.GUID, o *Options, rep progress.Reporter) (string, 
 	var werr error
 	var zero []byte
 	n := 0
+	var unflushed int64
 	for p := range work {
 		if werr == nil {
 			if p.zero {
@@ -511,6 +528,12 @@ func copyInto(st *Step, g vhd.GUID, o *Options, rep progress.Reporter) (string, 
 				rep.Add(p.n)
 				n++
 				o.hook(fmt.Sprintf("copy-chunk:%d", n))
+				if unflushed += p.n; unflushed >= writebackEvery {
+					// The device writes while the copy goes on; the
+					// flush at the end then waits for the tail only.
+					pc.Leaf().StartWriteback()
+					unflushed = 0
+				}
 			}
 		}
 	}
@@ -556,38 +579,103 @@ func volumeOfPath(p string) string { return filepath.Dir(p) }
 // hashTarget reads P (with its own chain) over C's overrides and hashes it
 // like copyInto did; zero ranges must read as zeros.
 func hashTarget(st *Step, o *Options, rep progress.Reporter) (string, error) {
-	pc, err := vhd.OpenChain(st.Parent, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
-	if err != nil {
-		return "", err
-	}
-	defer pc.Close()
 	c, err := vhd.Open(st.Child, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
+	// Workers read and check pieces in parallel, each through its own open
+	// of P's chain (a chain is not safe for concurrent reads); piece k goes
+	// to worker k%n and the results are hashed in order.
+	n := verifyWorkers
+	type result struct {
+		p   piece
+		crc uint32
+		err error
+	}
+	ins := make([]chan piece, n)
+	outs := make([]chan result, n)
+	for i := range n {
+		pc, err := vhd.OpenChain(st.Parent, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
+		if err != nil {
+			for _, in := range ins[:i] {
+				close(in)
+			}
+			for _, out := range outs[:i] {
+				for range out {
+				}
+			}
+			return "", err
+		}
+		ins[i], outs[i] = make(chan piece, 1), make(chan result, 1)
+		go func(in <-chan piece, out chan<- result) {
+			defer close(out)
+			defer pc.Close()
+			buf := make([]byte, chunk)
+			for p := range in {
+				r := result{p: p}
+				if _, err := pc.ReadAt(buf[:p.n], p.off); err != nil {
+					r.err = err
+				} else if p.zero {
+					for _, b := range buf[:p.n] {
+						if b != 0 {
+							r.err = fmt.Errorf("%w: %s: range %d+%d should read as zeros", ErrVerify, st.Parent, p.off, p.n)
+							break
+						}
+					}
+				} else {
+					r.crc = crc32.Checksum(buf[:p.n], castagnoli)
+				}
+				out <- r
+			}
+		}(ins[i], outs[i])
+	}
+	stop := make(chan struct{})
+	var perr error
+	go func() {
+		defer func() {
+			for _, in := range ins {
+				close(in)
+			}
+		}()
+		k := 0
+		perr = pieces(c, func(p piece) error {
+			select {
+			case ins[k%n] <- p:
+				k++
+				return nil
+			case <-stop:
+				return errStop
+			}
+		})
+	}()
 	rep.Start("verify "+filepath.Base(st.Parent), st.CopyBytes)
 	defer rep.Done()
 	h := sha256.New()
-	buf := make([]byte, chunk)
-	err = pieces(c, func(p piece) error {
-		if _, err := pc.ReadAt(buf[:p.n], p.off); err != nil {
-			return err
+	var werr error
+	for k := 0; ; k++ {
+		r, ok := <-outs[k%n]
+		if !ok {
+			break
 		}
-		if p.zero {
-			for _, b := range buf[:p.n] {
-				if b != 0 {
-					return fmt.Errorf("%w: %s: range %d+%d should read as zeros", ErrVerify, st.Parent, p.off, p.n)
-				}
-			}
+		if werr == nil && r.err != nil {
+			werr = r.err
+			close(stop)
 		}
-		p.buf = buf
-		hashPiece(h, p)
-		rep.Add(p.n)
-		return nil
-	})
-	if err != nil {
-		return "", err
+		if werr == nil {
+			hashRecord(h, r.p, r.crc)
+			rep.Add(r.p.n)
+		}
+	}
+	for _, out := range outs { // drained: every worker has ended
+		for range out {
+		}
+	}
+	if werr != nil {
+		return "", werr
+	}
+	if perr != nil {
+		return "", perr
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hvsnap/hvsnap/space"
@@ -539,4 +540,61 @@ func TestMergeDirtyLog(t *testing.T) {
 		return
 	}
 	t.Fatal("no write count left a dirty log: the test would not test it")
+}
+
+// A parent that does not read back what was merged (a data write to it
+// damaged on the way, as a bad device or driver would) fails the
+// verification: the child is kept and the chain reads as before.
+func TestMergeVerifyCatchesBadParent(t *testing.T) {
+	for _, nth := range []int{1, 3} { // the damaged write: pieces alternate between the verification workers
+		t.Run(fmt.Sprintf("write-%d", nth), func(t *testing.T) {
+			dir := t.TempDir()
+			paths, models := buildChain(t, dir, []layerSpec{
+				{"base.vhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 48 * MiB, BlockSize: 1 * MiB}, 20, false},
+				{"c.avhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, BlockSize: 2 * MiB}, 30, false},
+			}, 7)
+			parent, leaf := paths[0], paths[1]
+			want := models[1].data
+			var n atomic.Int64
+			o := &Options{Volumes: bigVolumes, Roots: []string{dir}, Wrap: func(f vhd.File) vhd.File {
+				if canon(f.Name()) != canon(parent) {
+					return f
+				}
+				return damagingFile{File: f, n: &n, nth: int64(nth)}
+			}}
+			p, err := PlanMerge(leaf, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Run(p, o, nil)
+			if n.Load() < int64(nth) {
+				t.Fatalf("only %d data writes to the parent; the test needs %d", n.Load(), nth)
+			}
+			if !errors.Is(err, ErrVerify) {
+				t.Fatalf("merge with a damaged write: %v, want ErrVerify", err)
+			}
+			if _, err := os.Stat(leaf); err != nil {
+				t.Fatalf("the child is gone after a failed verification: %v", err)
+			}
+			if got := chainBytes(t, leaf); !bytes.Equal(got, want) {
+				t.Fatalf("chain through the kept child changed at byte %d", firstDiff(got, want))
+			}
+		})
+	}
+}
+
+// damagingFile flips a byte in the nth data write (64 KiB or more).
+type damagingFile struct {
+	vhd.File
+	n   *atomic.Int64
+	nth int64
+}
+
+func (f damagingFile) WriteAt(p []byte, off int64) (int, error) {
+	if len(p) >= 64<<10 && f.n.Add(1) == f.nth {
+		q := append([]byte(nil), p...)
+		q[len(q)/2] ^= 0xFF
+		return f.File.WriteAt(q, off)
+	}
+	return f.File.WriteAt(p, off)
 }

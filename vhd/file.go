@@ -30,6 +30,10 @@ func (f osFile) Size() (int64, error) {
 	return st.Size(), nil
 }
 
+// StartWriteback starts writing the file's dirty pages to the device
+// without waiting (see fsutil.StartWriteback).
+func (f osFile) StartWriteback() error { return fsutil.StartWriteback(f.File) }
+
 // openFile opens path for reading, or reading and writing.
 func openFile(path string, rw bool) (File, error) {
 	var f *os.File

@@ -311,6 +311,21 @@ func (im *Image) Flush() error {
 	return im.b.flush()
 }
 
+// StartWriteback asks the operating system to start writing the data
+// written so far to the device, without waiting: a long copy calls it as it
+// goes so that the final Flush has little left to wait for. It is only a
+// hint (a no-op where unsupported, and for files that are wrapped or read
+// only); durability still comes from Flush.
+func (im *Image) StartWriteback() error {
+	if !im.rw {
+		return nil
+	}
+	if wb, ok := im.f.(interface{ StartWriteback() error }); ok {
+		return wb.StartWriteback()
+	}
+	return nil
+}
+
 // Close releases the file.
 func (im *Image) Close() error { return im.b.close() }
 

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -39,5 +40,27 @@ func TestOpenRead(t *testing.T) {
 	var pe *fs.PathError
 	if !errors.Is(err, fs.ErrNotExist) || !errors.As(err, &pe) || pe.Op != "open" || pe.Path != p+".missing" {
 		t.Errorf("missing file: %#v", err)
+	}
+}
+
+func TestStartWriteback(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := StartWriteback(f); err != nil {
+		t.Errorf("StartWriteback on a written file: %v", err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := StartWriteback(f); err == nil && runtime.GOOS == "linux" {
+		t.Error("StartWriteback on a closed file succeeded")
 	}
 }
