@@ -58,6 +58,12 @@ type result struct {
 }
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "-space-floor" {
+		if err := spaceFloor(os.Args[2]); err != nil {
+			fatal(err.Error())
+		}
+		return
+	}
 	bin := flag.String("hvsnap", "bin/hvsnap", "hvsnap binary")
 	work := flag.String("work", "", "scratch folder (default: a new folder under /var/tmp)")
 	virt := flag.String("virtual", "4G", "virtual disk size")
@@ -249,6 +255,12 @@ func main() {
 			fmt.Printf("space ratio hvsnap space --json / du -s = %.2f (target ≤ 1.00, warm cache) %s\n", ratio, verdict(ratio <= 1.0, &missed))
 			fmt.Printf("space peak RSS = %.1f MiB (target < 200 MiB) %s\n", float64(h.MaxRSS)/(1<<20), verdict(h.MaxRSS < 200<<20, &missed))
 			summary["space_ratio"] = ratio
+			if f, ok := by["space/floor"]; ok {
+				fr := f.Seconds / by["space/du"].Seconds
+				fmt.Printf("space floor (opens and reads every header, BAT and configuration, parses nothing) / du -s = %.2f; hvsnap / floor = %.2f (for information)\n", fr, h.Seconds/f.Seconds)
+				summary["space_floor_ratio"] = fr
+				summary["space_hvsnap_floor_ratio"] = h.Seconds / f.Seconds
+			}
 			summary["space_max_rss_bytes"] = h.MaxRSS
 		}
 	}
