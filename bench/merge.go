@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/hvsnap/hvsnap/vhd"
 )
@@ -85,50 +86,60 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 		exec.Command("sync").Run()
 	}
 
-	// Runs go round robin (hvsnap, cp, qemu-img, hvsnap, ...) so that all
-	// three see the same state of this machine, whose disk speed drifts by
-	// tens of percent over minutes; the ratios are the medians of the
-	// per-round ratios (and best / best is printed too).
-	h := result{Name: "merge/hvsnap"}
-	c := result{Name: "merge/cp+sync"}
-	cr := result{Name: "merge/cp+sync+rm"}
+	// Runs go in rounds, every peer once per round, so that all see the same
+	// state of this machine, whose disk speed drifts by tens of percent over
+	// minutes; the ratios are the medians of the per-round ratios (best /
+	// best is printed too). The order rotates from round to round: what one
+	// run leaves behind (freed page cache, discards still running on the
+	// device) slows the next by up to 3x here, so no peer may always follow
+	// the same one.
 	victim := filepath.Join(work, "victim")
 	withVictim := func() {
 		freshCp()
 		mustRun("cp", "--sparse=always", child, victim)
 		exec.Command("sync").Run()
 	}
-	q := result{Name: "merge/qemu-img-commit+rm+sync"}
-	for i := 0; i < runs; i++ {
-		r := measure(h.Name, 1, copyBytes, restore, hv, "-q", "merge", "--yes", "--margin", "0", filepath.Join(work, filepath.Base(child)))
-		h = best(h, r)
-		hs := r.Seconds
-		fmt.Printf("  merge round %d: hvsnap %.2f s", i+1, hs)
-		r = measure(c.Name, 1, copyBytes, freshCp, "sh", "-c", fmt.Sprintf("cp %q %q && sync", blob, blobCopy))
-		c = best(c, r)
-		med.cp = append(med.cp, hs/r.Seconds)
-		fmt.Printf(", cp+sync %.2f s", r.Seconds)
+	type peer struct {
+		res    result
+		before func()
+		cmd    []string
+	}
+	peers := []*peer{
+		{result{Name: "merge/hvsnap"}, restore, []string{hv, "-q", "merge", "--yes", "--margin", "0", filepath.Join(work, filepath.Base(child))}},
+		{result{Name: "merge/cp+sync"}, freshCp, []string{"sh", "-c", fmt.Sprintf("cp %q %q && sync", blob, blobCopy)}},
 		// For information: cp + sync + removing a file the size of the
 		// merged child, the other half of what a merge does (on a volume
 		// mounted with online discard the removal waits for the device).
-		r = measure(cr.Name, 1, copyBytes, withVictim, "sh", "-c", fmt.Sprintf("cp %q %q && sync && rm %q && sync", blob, blobCopy, victim))
-		cr = best(cr, r)
-		med.cpRm = append(med.cpRm, hs/r.Seconds)
-		fmt.Printf(", cp+sync+rm %.2f s", r.Seconds)
-		if haveQemu {
-			// The same end state as hvsnap merge: data in the base, the
-			// merged overlay removed, everything durable.
-			r = measure(q.Name, 1, copyBytes, restoreQ, "sh", "-c",
-				fmt.Sprintf("cd %q && qemu-img commit -q child.qcow2 && rm child.qcow2 && sync", work))
-			q = best(q, r)
-			med.qemu = append(med.qemu, hs/r.Seconds)
-			fmt.Printf(", qemu-img commit+rm+sync %.2f s", r.Seconds)
+		{result{Name: "merge/cp+sync+rm"}, withVictim, []string{"sh", "-c", fmt.Sprintf("cp %q %q && sync && rm %q && sync", blob, blobCopy, victim)}},
+	}
+	if haveQemu {
+		// The same end state as hvsnap merge: data in the base, the
+		// merged overlay removed, everything durable.
+		peers = append(peers, &peer{result{Name: "merge/qemu-img-commit+rm+sync"}, restoreQ,
+			[]string{"sh", "-c", fmt.Sprintf("cd %q && qemu-img commit -q child.qcow2 && rm child.qcow2 && sync", work)}})
+	}
+	for i := 0; i < runs; i++ {
+		secs := make([]float64, len(peers))
+		for k := range peers {
+			j := (i + k) % len(peers)
+			pr := peers[j]
+			r := measure(pr.res.Name, 1, copyBytes, pr.before, pr.cmd[0], pr.cmd[1:]...)
+			pr.res = best(pr.res, r)
+			secs[j] = r.Seconds
+		}
+		fmt.Printf("  merge round %d:", i+1)
+		for j, pr := range peers {
+			fmt.Printf(" %s %.2f s", strings.TrimPrefix(pr.res.Name, "merge/"), secs[j])
 		}
 		fmt.Println()
+		med.cp = append(med.cp, secs[0]/secs[1])
+		med.cpRm = append(med.cpRm, secs[0]/secs[2])
+		if haveQemu {
+			med.qemu = append(med.qemu, secs[0]/secs[3])
+		}
 	}
-	res = []result{h, c, cr}
-	if haveQemu {
-		res = append(res, q)
+	for _, pr := range peers {
+		res = append(res, pr.res)
 	}
 	os.RemoveAll(work)
 	return res, med
