@@ -47,7 +47,7 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 	fmt.Printf("built merge pair: parent 4 GiB virtual, child holds %.0f MiB\n", float64(copyBytes)/(1<<20))
 
 	restore := func() {
-		os.RemoveAll(work)
+		settleCache(work)
 		os.MkdirAll(work, 0o755)
 		mustRun("cp", "--sparse=always", parent, child, work)
 		exec.Command("sync").Run()
@@ -66,7 +66,7 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 	f.Close()
 	defer os.Remove(blob)
 	blobCopy := filepath.Join(work, "blob")
-	freshCp := func() { os.RemoveAll(work); os.MkdirAll(work, 0o755); exec.Command("sync").Run() }
+	freshCp := func() { settleCache(work); os.MkdirAll(work, 0o755); exec.Command("sync").Run() }
 
 	// The equivalent qcow2 chain for qemu-img commit.
 	haveQemu := exec.Command("qemu-img", "--version").Run() == nil
@@ -80,7 +80,7 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 		os.Remove(full)
 	}
 	restoreQ := func() {
-		os.RemoveAll(work)
+		settleCache(work)
 		os.MkdirAll(work, 0o755)
 		mustRun("cp", "--sparse=always", bq, cq, work)
 		exec.Command("sync").Run()
@@ -143,6 +143,19 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 	}
 	os.RemoveAll(work)
 	return res, med
+}
+
+// settleCache removes the work folder and, as root, drops the page cache, so
+// that every run starts from the same state: only its own inputs, copied
+// just before, are cached. Measured here: with 11 GB of other files' pages
+// cached, hvsnap's copy into the parent took 0.6-1.2 s instead of 0.17 s
+// (and grew from round to round), while cp's fresh file was unaffected.
+func settleCache(work string) {
+	os.RemoveAll(work)
+	exec.Command("sync").Run()
+	if os.Geteuid() == 0 {
+		os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
+	}
 }
 
 // mergeRatios are the per-round ratios hvsnap / peer.
