@@ -149,7 +149,8 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 // that every run starts from the same state: only its own inputs, copied
 // just before, are cached. Measured here: with 11 GB of other files' pages
 // cached, hvsnap's copy into the parent took 0.6-1.2 s instead of 0.17 s
-// (and grew from round to round), while cp's fresh file was unaffected.
+// (and grew from round to round), as did a bare pread/pwrite loop, while
+// cp, which copies inside the kernel (copy_file_range), was unaffected.
 func settleCache(work string) {
 	os.RemoveAll(work)
 	exec.Command("sync").Run()
