@@ -90,25 +90,76 @@ func pathMap(c *cli.Context) (vhd.PathMap, error) {
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print a JSON document instead of text"}
 
 func writeJSON(w io.Writer, v any) error {
-	var compact bytes.Buffer
-	if err := json.NewEncoder(&compact).Encode(v); err != nil {
-		return err
-	}
-	out, ok := indentJSON(make([]byte, 0, compact.Len()*2), compact.Bytes())
-	if !ok {
-		// Not the compact form indentJSON expects: what an Encoder with
-		// SetIndent("", "  ") does.
-		var b bytes.Buffer
-		if err := json.Indent(&b, compact.Bytes(), "", "  "); err != nil {
-			return err
-		}
-		out = b.Bytes()
-	}
-	_, err := w.Write(out)
-	return err
+	// The Encoder hands the whole compact document to indentWriter in one
+	// Write; it is indented and written in pieces, so a large document
+	// (hvsnap space --json: 4 MB) is not also held as a copy and an
+	// indented copy (measured: a fifth of that command's page faults).
+	return json.NewEncoder(indentWriter{w}).Encode(v)
 }
 
-// indentJSON appends src, one compact JSON value and a newline as
+// indentWriter writes the compact JSON documents given to it indented as
+// an Encoder with SetIndent("", "  ") would.
+type indentWriter struct{ w io.Writer }
+
+const indentPiece = 64 << 10
+
+func (iw indentWriter) Write(src []byte) (int, error) {
+	if !plainCompact(src) {
+		// Not the compact form indentJSONTo expects: what an Encoder with
+		// SetIndent("", "  ") does.
+		var b bytes.Buffer
+		if err := json.Indent(&b, src, "", "  "); err != nil {
+			return 0, err
+		}
+		if _, err := iw.w.Write(b.Bytes()); err != nil {
+			return 0, err
+		}
+		return len(src), nil
+	}
+	var werr error
+	dst := make([]byte, 0, indentPiece+4096)
+	dst, _ = indentJSONTo(dst, src, func(d []byte) []byte {
+		if len(d) < indentPiece || werr != nil {
+			return d
+		}
+		_, werr = iw.w.Write(d)
+		return d[:0]
+	})
+	if werr != nil {
+		return 0, werr
+	}
+	if _, err := iw.w.Write(dst); err != nil {
+		return 0, err
+	}
+	return len(src), nil
+}
+
+// plainCompact reports whether indentJSONTo takes src (see there).
+func plainCompact(src []byte) bool {
+	for i := 0; i < len(src); i++ {
+		switch src[i] {
+		case ' ', '\t', '\r', '\n':
+			if i != len(src)-1 || src[i] != '\n' {
+				return false
+			}
+		case '"':
+			j := i + 1
+			for j < len(src) && src[j] != '"' {
+				if src[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			if j >= len(src) {
+				return false
+			}
+			i = j
+		}
+	}
+	return true
+}
+
+// indentJSONTo appends src, one compact JSON value and a newline as
 // json.Encoder.Encode writes it, indented exactly as an Encoder with
 // SetIndent("", "  ") indents it (json.Indent's rules: two spaces per
 // level, "key": value, empty objects and arrays as {} and []). It does not
@@ -116,7 +167,11 @@ func writeJSON(w io.Writer, v any) error {
 // than the final newline, or ends inside a string, and the caller then
 // uses json.Indent. It is several times faster than json.Indent on large
 // documents (hvsnap space --json).
-func indentJSON(dst, src []byte) (out []byte, ok bool) {
+//
+// flush, when not nil, is called between the members of each object and
+// array with what has been appended so far, and returns the slice to go on
+// appending to (dst, or dst[:0] once written out).
+func indentJSONTo(dst, src []byte, flush func([]byte) []byte) (out []byte, ok bool) {
 	depth := 0
 	needIndent := false
 	newline := func() {
@@ -159,6 +214,9 @@ func indentJSON(dst, src []byte) (out []byte, ok bool) {
 			needIndent = true
 			dst = append(dst, c)
 		case ',':
+			if flush != nil {
+				dst = flush(dst)
+			}
 			dst = append(dst, c)
 			newline()
 		case ':':
