@@ -80,6 +80,23 @@ type Config struct {
 	Tree *Key `json:"-"`
 }
 
+// detach drops the key tree and copies the strings taken from it, so that
+// neither the tree nor the document text it points into stays in memory.
+func (c *Config) detach() {
+	c.Tree = nil
+	for _, s := range []*string{&c.Name, &c.ID, &c.VMID, &c.Version, &c.TypeID, &c.GuestStatePath, &c.CheckpointID} {
+		*s = strings.Clone(*s)
+	}
+	for _, ds := range [][]DriveRef{c.Disks, c.Media} {
+		for i := range ds {
+			d := &ds[i]
+			for _, s := range []*string{&d.Controller, &d.Section, &d.Type, &d.WindowsPath, &d.LocalPath} {
+				*s = strings.Clone(*s)
+			}
+		}
+	}
+}
+
 // DriveRef is one drive attached to a controller.
 type DriveRef struct {
 	Controller      string // ControllerIDE, ControllerSCSI, ControllerFloppy or ""

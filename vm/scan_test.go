@@ -3,6 +3,7 @@ package vm
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -301,5 +302,41 @@ func TestXMLVariants(t *testing.T) {
 				t.Errorf("err = %v, want an error naming the file", err)
 			}
 		})
+	}
+}
+
+// A scan drops the key trees unless asked to keep them; the model is the
+// same either way.
+func TestScanKeepTrees(t *testing.T) {
+	store, pm := scanFixture(t)
+	kept, err := Scan([]string{store}, ScanOptions{PathMap: pm, KeepTrees: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := Scan([]string{store}, ScanOptions{PathMap: pm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kept.VMs) == 0 || len(kept.VMs) != len(dropped.VMs) {
+		t.Fatalf("VMs: %d kept, %d dropped", len(kept.VMs), len(dropped.VMs))
+	}
+	for i, v := range kept.VMs {
+		for j, c := range append([]*Config{v.Config}, v.Checkpoints...) {
+			d := dropped.VMs[i].Config
+			if j > 0 {
+				d = dropped.VMs[i].Checkpoints[j-1]
+			}
+			if c.Tree == nil || c.Tree.Lookup("properties/name") == nil {
+				t.Errorf("%s: KeepTrees gave no tree", c.Path)
+			}
+			if d.Tree != nil {
+				t.Errorf("%s: the default scan kept the tree", d.Path)
+			}
+			cc := *c
+			cc.Tree = nil
+			if !reflect.DeepEqual(&cc, d) {
+				t.Errorf("%s: the model differs without the tree:\n%+v\n%+v", c.Path, cc, *d)
+			}
+		}
 	}
 }
