@@ -46,12 +46,19 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 	im.Close()
 	fmt.Printf("built merge pair: parent 4 GiB virtual, child holds %.0f MiB\n", float64(copyBytes)/(1<<20))
 
-	restore := func() {
-		settleCache(work)
-		os.MkdirAll(work, 0o755)
-		mustRun("cp", "--sparse=always", parent, child, work)
-		exec.Command("sync").Run()
+	// copyIn returns a before-run step: settle, then copy files into work
+	// (sparse) and sync.
+	copyIn := func(files ...string) func() {
+		return func() {
+			settleCache(work)
+			os.MkdirAll(work, 0o755)
+			if len(files) > 0 {
+				mustRun("cp", append(append([]string{"--sparse=always"}, files...), work)...)
+			}
+			exec.Command("sync").Run()
+		}
 	}
+	restore := copyIn(parent, child)
 	// cp of the same number of bytes (a non-sparse file), plus sync.
 	blob := filepath.Join(pristine, "blob")
 	f, err := os.Create(blob)
@@ -66,7 +73,12 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 	f.Close()
 	defer os.Remove(blob)
 	blobCopy := filepath.Join(work, "blob")
-	freshCp := func() { settleCache(work); os.MkdirAll(work, 0o755); exec.Command("sync").Run() }
+	// The cp peers' input is cached too, as hvsnap's inputs are (just
+	// copied): read it once after the settle.
+	freshCp := func() {
+		copyIn()()
+		mustRun("cat", blob)
+	}
 
 	// The equivalent qcow2 chain for qemu-img commit.
 	haveQemu := exec.Command("qemu-img", "--version").Run() == nil
@@ -79,12 +91,7 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 		mustRun("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", full, cq)
 		os.Remove(full)
 	}
-	restoreQ := func() {
-		settleCache(work)
-		os.MkdirAll(work, 0o755)
-		mustRun("cp", "--sparse=always", bq, cq, work)
-		exec.Command("sync").Run()
-	}
+	restoreQ := copyIn(bq, cq)
 
 	// Runs go in rounds, every peer once per round, so that all see the same
 	// state of this machine, whose disk speed drifts by tens of percent over

@@ -143,20 +143,27 @@ func plainCompact(src []byte) bool {
 				return false
 			}
 		case '"':
-			j := i + 1
-			for j < len(src) && src[j] != '"' {
-				if src[j] == '\\' {
-					j++
-				}
-				j++
-			}
-			if j >= len(src) {
+			j, ok := stringEnd(src, i)
+			if !ok {
 				return false
 			}
 			i = j
 		}
 	}
 	return true
+}
+
+// stringEnd returns the index of the quote closing the JSON string that
+// opens at src[i]; ok is false when src ends inside it.
+func stringEnd(src []byte, i int) (int, bool) {
+	j := i + 1
+	for j < len(src) && src[j] != '"' {
+		if src[j] == '\\' {
+			j++
+		}
+		j++
+	}
+	return j, j < len(src)
 }
 
 // indentJSONTo appends src, one compact JSON value and a newline as
@@ -198,14 +205,8 @@ func indentJSONTo(dst, src []byte, flush func([]byte) []byte) (out []byte, ok bo
 		switch c {
 		case '"':
 			// Copy the string through its closing quote.
-			j := i + 1
-			for j < len(src) && src[j] != '"' {
-				if src[j] == '\\' {
-					j++
-				}
-				j++
-			}
-			if j >= len(src) {
+			j, ok := stringEnd(src, i)
+			if !ok {
 				return nil, false
 			}
 			dst = append(dst, src[i:j+1]...)
