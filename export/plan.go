@@ -224,10 +224,8 @@ func planVM(dir string, o *Options) (*plan, error) {
 	// it) or with damaged entries may name an old set of disks: a package
 	// made from it could miss the disk the VM uses now, and a relocation
 	// would then leave that disk behind.
-	for _, c := range append([]*vm.Config{cfg}, v.Checkpoints...) {
-		if c.PossiblyInconsistent {
-			return nil, fmt.Errorf("export: %s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): the disks it names may not be the ones the VM uses; let Hyper-V open it once on the host (Get-VM), or move the VM with Export-VM there", c.Path)
-		}
+	if c := v.Inconsistent(); c != nil {
+		return nil, fmt.Errorf("export: %s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): the disks it names may not be the ones the VM uses; let Hyper-V open it once on the host (Get-VM), or move the VM with Export-VM there", c.Path)
 	}
 	p := &plan{kind: "vm", vm: &pkgfmt.VMInfo{Name: cfg.Name, ID: cfg.ID, ConfigKind: cfg.Kind}}
 	p.root = pkgfmt.SafeName(cfg.Name)
@@ -259,7 +257,7 @@ func planVM(dir string, o *Options) (*plan, error) {
 	case flat:
 		configs = []*vm.Config{cfg}
 	default:
-		configs = append([]*vm.Config{cfg}, v.Checkpoints...)
+		configs = v.Configs()
 	}
 	p.vm.Flattened = flat
 	var cfgItems []*item

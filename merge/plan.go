@@ -121,10 +121,8 @@ func Discover(roots []string, extra []string, pm vhd.PathMap, wrap vhd.FileWrapp
 // drive, that uses the disk.
 func (s *Store) consistent(disk string) error {
 	for _, v := range s.VMs {
-		for _, c := range append([]*vm.Config{v.Config}, v.Checkpoints...) {
-			if c != nil && c.PossiblyInconsistent {
-				return refused(disk, "%s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): it may have checkpoints or drives that use this disk; let Hyper-V open it once on the host (Get-VM), or do this there", c.Path)
-			}
+		if c := v.Inconsistent(); c != nil {
+			return refused(disk, "%s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): it may have checkpoints or drives that use this disk; let Hyper-V open it once on the host (Get-VM), or do this there", c.Path)
 		}
 	}
 	return nil
@@ -141,8 +139,7 @@ type configUse struct {
 func (s *Store) uses(disk string) []configUse {
 	var out []configUse
 	for _, v := range s.VMs {
-		cfgs := append([]*vm.Config{v.Config}, v.Checkpoints...)
-		for _, c := range cfgs {
+		for _, c := range v.Configs() {
 			if c == nil {
 				continue
 			}

@@ -1003,7 +1003,7 @@ func verifyVM(dir string, p *Plan, o *Options) error {
 		return fmt.Errorf("relocate: verifying %s: expected VM %s (%s), found %d VM(s): %w", dir, p.VMName, p.VMID, len(st.VMs), ErrVerify)
 	}
 	v := st.VMs[0]
-	for _, c := range append([]*vm.Config{v.Config}, v.Checkpoints...) {
+	for _, c := range v.Configs() {
 		if c.Kind != vm.KindXML {
 			continue // VMCX paths are fixed on the host; the disks are checked below
 		}

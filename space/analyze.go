@@ -99,7 +99,7 @@ func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 		a.scanned[cleanAbs(d.Path)] = d
 	}
 	for _, v := range st.VMs {
-		for _, c := range append([]*vm.Config{v.Config}, v.Checkpoints...) {
+		for _, c := range v.Configs() {
 			for _, d := range c.Disks {
 				if d.LocalPath != "" && d.Exists {
 					todo = append(todo, d.LocalPath)

@@ -56,6 +56,23 @@ type VM struct {
 	Checkpoints []*Config // sorted by path
 }
 
+// Configs returns the VM's configuration followed by its checkpoints'.
+func (v *VM) Configs() []*Config {
+	return append([]*Config{v.Config}, v.Checkpoints...)
+}
+
+// Inconsistent returns the first of the VM's configurations that may lack
+// its last changes (a VMCX with outstanding replay-log entries, which this
+// package does not replay, or with damaged entries), or nil.
+func (v *VM) Inconsistent() *Config {
+	for _, c := range v.Configs() {
+		if c != nil && c.PossiblyInconsistent {
+			return c
+		}
+	}
+	return nil
+}
+
 // DiskFile is one disk image file found by the scan.
 type DiskFile struct {
 	Path      string
