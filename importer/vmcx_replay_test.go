@@ -18,17 +18,11 @@ import (
 // logs) may name an old set of disks: export, and so relocate, refuse it
 // with the reason instead of packaging what may be the wrong disks.
 func TestExportRefusesUnreplayedVMCX(t *testing.T) {
-	data, err := storetest.VMCXSeed(filepath.Join("..", "vm", "testdata", "fuzz", "FuzzVMCX", "seed-5"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	root := t.TempDir()
 	vmDir := filepath.Join(root, "fuzz")
 	cdir := filepath.Join(root, "c")
-	cfg := filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx")
-	os.MkdirAll(filepath.Dir(cfg), 0o755)
-	os.MkdirAll(cdir, 0o755)
-	if err := os.WriteFile(cfg, data, 0o644); err != nil {
+	cfg := seedVM(t, vmDir)
+	if err := os.MkdirAll(cdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for d, f := range map[string]vhd.Format{"a.vhd": vhd.FormatVHD, "d.vhdx": vhd.FormatVHDX} {
@@ -57,29 +51,10 @@ func TestExportRefusesUnreplayedVMCX(t *testing.T) {
 // merge refuses too: the unreplayed changes may add a checkpoint that uses
 // the disks.
 func TestMergeRefusesUnreplayedVMCX(t *testing.T) {
-	data, err := storetest.VMCXSeed(filepath.Join("..", "vm", "testdata", "fuzz", "FuzzVMCX", "seed-5"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	vmDir := filepath.Join(t.TempDir(), "fuzz")
-	disks := filepath.Join(vmDir, "Virtual Hard Disks")
-	os.MkdirAll(disks, 0o755)
-	os.MkdirAll(filepath.Join(vmDir, "Virtual Machines"), 0o755)
-	if err := os.WriteFile(filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	base, child := filepath.Join(disks, "x.vhdx"), filepath.Join(disks, "x_1.avhdx") // no drive of the config names them
-	for _, sp := range []struct {
-		path string
-		spec vhd.CreateSpec
-	}{{base, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}}, {child, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: base}}} {
-		im, err := vhd.Create(sp.path, sp.spec, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		im.Close()
-	}
-	_, err = merge.PlanMerge(child, &merge.Options{Roots: []string{vmDir}})
+	seedVM(t, vmDir)
+	_, child := baseAndChild(t, filepath.Join(vmDir, "Virtual Hard Disks"))
+	_, err := merge.PlanMerge(child, &merge.Options{Roots: []string{vmDir}})
 	if !errors.Is(err, merge.ErrRefused) || !strings.Contains(err.Error(), "replay-log") {
 		t.Fatalf("err = %v", err)
 	}
@@ -87,27 +62,9 @@ func TestMergeRefusesUnreplayedVMCX(t *testing.T) {
 
 // cleanup --orphans does not remove a disk that such a VMCX may still use.
 func TestCleanupKeepsOrphanOfUnreplayedVMCX(t *testing.T) {
-	data, err := storetest.VMCXSeed(filepath.Join("..", "vm", "testdata", "fuzz", "FuzzVMCX", "seed-5"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	vmDir := filepath.Join(t.TempDir(), "fuzz")
-	disks := filepath.Join(vmDir, "Virtual Hard Disks")
-	os.MkdirAll(disks, 0o755)
-	os.MkdirAll(filepath.Join(vmDir, "Virtual Machines"), 0o755)
-	if err := os.WriteFile(filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	base, orphan := filepath.Join(disks, "x.vhdx"), filepath.Join(disks, "x_1.avhdx")
-	im, err := vhd.Create(base, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im.Close()
-	if im, err = vhd.Create(orphan, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: base}, nil); err != nil {
-		t.Fatal(err)
-	}
-	im.Close()
+	seedVM(t, vmDir)
+	_, orphan := baseAndChild(t, filepath.Join(vmDir, "Virtual Hard Disks"))
 	res, err := merge.Cleanup([]string{vmDir}, merge.CleanupOptions{Orphans: true, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}, nil)
 	if _, serr := os.Stat(orphan); serr != nil {
 		t.Fatalf("the orphan was removed (%v, %+v)", err, res)
@@ -119,4 +76,44 @@ func TestCleanupKeepsOrphanOfUnreplayedVMCX(t *testing.T) {
 	if !found {
 		t.Errorf("cleanup: %v %+v", err, res.Actions)
 	}
+}
+
+// seedVM writes the committed VMCX seed with an outstanding replay-log
+// entry (storetest.VMCXSeed: VM "fuzz") as the configuration of a VM folder
+// vmDir and returns its path.
+func seedVM(t *testing.T, vmDir string) string {
+	t.Helper()
+	data, err := storetest.VMCXSeed(filepath.Join("..", "vm", "testdata", "fuzz", "FuzzVMCX", "seed-5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx")
+	if err := os.MkdirAll(filepath.Dir(cfg), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// baseAndChild creates dir/x.vhdx and its differencing child dir/x_1.avhdx
+// (no drive of the seed's configuration names them).
+func baseAndChild(t *testing.T, dir string) (base, child string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base, child = filepath.Join(dir, "x.vhdx"), filepath.Join(dir, "x_1.avhdx")
+	for _, sp := range []struct {
+		path string
+		spec vhd.CreateSpec
+	}{{base, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}}, {child, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: base}}} {
+		im, err := vhd.Create(sp.path, sp.spec, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Close()
+	}
+	return base, child
 }
