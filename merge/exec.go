@@ -593,20 +593,20 @@ func hashTarget(st *Step, o *Options, rep progress.Reporter) (string, error) {
 		crc uint32
 		err error
 	}
-	ins := make([]chan piece, n)
-	outs := make([]chan result, n)
-	for i := range n {
+	chains := make([]*vhd.Chain, 0, n)
+	for range n {
 		pc, err := vhd.OpenChain(st.Parent, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
 		if err != nil {
-			for _, in := range ins[:i] {
-				close(in)
-			}
-			for _, out := range outs[:i] {
-				for range out {
-				}
+			for _, pc := range chains {
+				pc.Close()
 			}
 			return "", err
 		}
+		chains = append(chains, pc)
+	}
+	ins := make([]chan piece, n)
+	outs := make([]chan result, n)
+	for i, pc := range chains {
 		ins[i], outs[i] = make(chan piece, 1), make(chan result, 1)
 		go func(in <-chan piece, out chan<- result) {
 			defer close(out)

@@ -118,7 +118,7 @@ func (iw indentWriter) Write(src []byte) (int, error) {
 	}
 	var werr error
 	dst := make([]byte, 0, indentPiece+4096)
-	dst, _ = indentJSONTo(dst, src, func(d []byte) []byte {
+	dst = indentJSONTo(dst, src, func(d []byte) []byte {
 		if len(d) < indentPiece || werr != nil {
 			return d
 		}
@@ -134,7 +134,8 @@ func (iw indentWriter) Write(src []byte) (int, error) {
 	return len(src), nil
 }
 
-// plainCompact reports whether indentJSONTo takes src (see there).
+// plainCompact reports whether src is what indentJSONTo takes: no
+// whitespace outside strings but a final newline, no string left open.
 func plainCompact(src []byte) bool {
 	for i := 0; i < len(src); i++ {
 		switch src[i] {
@@ -167,18 +168,14 @@ func stringEnd(src []byte, i int) (int, bool) {
 }
 
 // indentJSONTo appends src, one compact JSON value and a newline as
-// json.Encoder.Encode writes it, indented exactly as an Encoder with
-// SetIndent("", "  ") indents it (json.Indent's rules: two spaces per
-// level, "key": value, empty objects and arrays as {} and []). It does not
-// validate: ok is false when src has whitespace outside strings other
-// than the final newline, or ends inside a string, and the caller then
-// uses json.Indent. It is several times faster than json.Indent on large
-// documents (hvsnap space --json).
-//
-// flush, when not nil, is called between the members of each object and
-// array with what has been appended so far, and returns the slice to go on
-// appending to (dst, or dst[:0] once written out).
-func indentJSONTo(dst, src []byte, flush func([]byte) []byte) (out []byte, ok bool) {
+// json.Encoder.Encode writes it and for which plainCompact holds, indented
+// exactly as an Encoder with SetIndent("", "  ") indents it (json.Indent's
+// rules: two spaces per level, "key": value, empty objects and arrays as {}
+// and []). It is several times faster than json.Indent on large documents
+// (hvsnap space --json). flush is called between the members of each object
+// and array with what has been appended so far, and returns the slice to go
+// on appending to (dst, or dst[:0] once written out).
+func indentJSONTo(dst, src []byte, flush func([]byte) []byte) []byte {
 	depth := 0
 	needIndent := false
 	newline := func() {
@@ -189,11 +186,7 @@ func indentJSONTo(dst, src []byte, flush func([]byte) []byte) (out []byte, ok bo
 	}
 	for i := 0; i < len(src); i++ {
 		c := src[i]
-		switch c {
-		case ' ', '\t', '\r', '\n':
-			if i != len(src)-1 || c != '\n' {
-				return nil, false
-			}
+		if c == '\n' { // the final newline (plainCompact)
 			dst = append(dst, c)
 			continue
 		}
@@ -205,19 +198,14 @@ func indentJSONTo(dst, src []byte, flush func([]byte) []byte) (out []byte, ok bo
 		switch c {
 		case '"':
 			// Copy the string through its closing quote.
-			j, ok := stringEnd(src, i)
-			if !ok {
-				return nil, false
-			}
+			j, _ := stringEnd(src, i)
 			dst = append(dst, src[i:j+1]...)
 			i = j
 		case '{', '[':
 			needIndent = true
 			dst = append(dst, c)
 		case ',':
-			if flush != nil {
-				dst = flush(dst)
-			}
+			dst = flush(dst)
 			dst = append(dst, c)
 			newline()
 		case ':':
@@ -234,7 +222,7 @@ func indentJSONTo(dst, src []byte, flush func([]byte) []byte) (out []byte, ok bo
 			dst = append(dst, c)
 		}
 	}
-	return dst, true
+	return dst
 }
 
 // oneArg returns the single positional argument or a usage error.
