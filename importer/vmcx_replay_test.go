@@ -1,6 +1,7 @@
 package importer_test
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -60,21 +61,24 @@ func TestMergeRefusesUnreplayedVMCX(t *testing.T) {
 	}
 }
 
-// cleanup --orphans does not remove a disk that such a VMCX may still use.
+// cleanup --orphans does not remove a disk that such a VMCX may still use,
+// even with the configuration accepted: a removal would lose the data.
 func TestCleanupKeepsOrphanOfUnreplayedVMCX(t *testing.T) {
 	vmDir := filepath.Join(t.TempDir(), "fuzz")
-	seedVM(t, vmDir)
+	cfg := seedVM(t, vmDir)
 	_, orphan := baseAndChild(t, filepath.Join(vmDir, "Virtual Hard Disks"))
-	res, err := merge.Cleanup([]string{vmDir}, merge.CleanupOptions{Orphans: true, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}, nil)
-	if _, serr := os.Stat(orphan); serr != nil {
-		t.Fatalf("the orphan was removed (%v, %+v)", err, res)
-	}
-	found := false
-	for _, a := range res.Actions {
-		found = found || (a.Kind == "remove-orphan" && a.Status == "skipped" && strings.Contains(a.Reason, "replay-log"))
-	}
-	if !found {
-		t.Errorf("cleanup: %v %+v", err, res.Actions)
+	for _, accept := range [][]string{nil, {cfg}} {
+		res, err := merge.Cleanup([]string{vmDir}, merge.CleanupOptions{Orphans: true, AcceptStale: accept, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}, nil)
+		if _, serr := os.Stat(orphan); serr != nil {
+			t.Fatalf("accept %v: the orphan was removed (%v, %+v)", accept, err, res)
+		}
+		found := false
+		for _, a := range res.Actions {
+			found = found || (a.Kind == "remove-orphan" && a.Status == "skipped" && strings.Contains(a.Reason, "replay-log") && !strings.Contains(a.Reason, "--accept-stale-config"))
+		}
+		if !found {
+			t.Errorf("cleanup, accept %v: %v %+v", accept, err, res.Actions)
+		}
 	}
 }
 
@@ -83,15 +87,8 @@ func TestCleanupKeepsOrphanOfUnreplayedVMCX(t *testing.T) {
 // vmDir and returns its path.
 func seedVM(t *testing.T, vmDir string) string {
 	t.Helper()
-	data, err := storetest.VMCXSeed(filepath.Join("..", "vm", "testdata", "fuzz", "FuzzVMCX", "seed-5"))
+	cfg, err := storetest.UnreplayedVM(vmDir)
 	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx")
-	if err := os.MkdirAll(filepath.Dir(cfg), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cfg, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return cfg
@@ -116,4 +113,57 @@ func baseAndChild(t *testing.T, dir string) (base, child string) {
 		im.Close()
 	}
 	return base, child
+}
+
+// With the configuration accepted (--accept-stale-config), the merge goes
+// on: the plan names the file and what to check on the host, the chain
+// reads the same afterwards; a path that names no such configuration is
+// reported, and accepting one file does not accept another.
+func TestMergeAcceptsNamedStaleVMCX(t *testing.T) {
+	vmDir := filepath.Join(t.TempDir(), "fuzz")
+	cfg := seedVM(t, vmDir)
+	base, child := baseAndChild(t, filepath.Join(vmDir, "Virtual Hard Disks"))
+	c, err := vhd.OpenChain(child, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteAt(bytes.Repeat([]byte{0x5a}, 3<<20), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want, err := storetest.ChainSHA256(child, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols := space.StaticVolumes{{Mount: "/", Free: 1 << 40}}
+
+	// Another file accepted: still refused, and the refusal says how to go on.
+	other := filepath.Join(vmDir, "other.vmcx")
+	_, err = merge.PlanMerge(child, &merge.Options{Roots: []string{vmDir}, AcceptStale: []string{other}, Volumes: vols})
+	if !errors.Is(err, merge.ErrRefused) || !strings.Contains(err.Error(), "--accept-stale-config '"+cfg+"'") {
+		t.Fatalf("other file accepted: err = %v", err)
+	}
+
+	o := &merge.Options{Roots: []string{vmDir}, AcceptStale: []string{cfg, other}, Volumes: vols}
+	p, err := merge.PlanMerge(child, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notes := strings.Join(p.Notes, "\n")
+	for _, s := range []string{cfg, "outstanding", "Get-VMHardDiskDrive -VMName 'fuzz'", "--accept-stale-config " + other + ": no configuration"} {
+		if !strings.Contains(notes, s) {
+			t.Errorf("plan notes lack %q:\n%s", s, notes)
+		}
+	}
+	if _, err := merge.Run(p, o, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(child); !os.IsNotExist(err) {
+		t.Errorf("merged child still there: %v", err)
+	}
+	if got, err := storetest.ChainSHA256(base, nil); err != nil || got != want {
+		t.Errorf("content after the merge: %v (changed: %v)", err, got != want)
+	}
 }

@@ -37,6 +37,10 @@ type CleanupOptions struct {
 	Now     time.Time
 	// MaxActions bounds the work of one run (default 1000).
 	MaxActions int
+	// AcceptStale: as Options.AcceptStale, for merges only. Removing an
+	// orphan deletes data, so a possibly-stale configuration (which may
+	// name the orphan as a drive or checkpoint) always keeps it.
+	AcceptStale []string
 }
 
 // Action is one thing cleanup did (or would do with DryRun, or skipped).
@@ -57,6 +61,9 @@ type Action struct {
 	Freed            int64  `json:"freed"`
 	Status           string `json:"status"` // "done", "planned", "skipped", "failed", "needs-space"
 	Reason           string `json:"reason,omitempty"`
+	// Notes: warnings the action went on with (e.g. an accepted
+	// possibly-stale configuration).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // CleanupResult is what a cleanup run did.
@@ -210,12 +217,13 @@ func runAction(a *Action, roots []string, o CleanupOptions, rep progress.Reporte
 		a.Status = "done"
 	case "merge":
 		a.ParentSizeBefore, a.ParentIDBefore = identity(a.Parent, o.PathMap)
-		mo := &Options{PathMap: o.PathMap, Into: a.Parent, Roots: roots, Margin: o.Margin, Volumes: o.Volumes}
+		mo := &Options{PathMap: o.PathMap, Into: a.Parent, Roots: roots, Margin: o.Margin, Volumes: o.Volumes, AcceptStale: o.AcceptStale}
 		p, err := PlanMerge(a.Child, mo)
 		if err != nil {
 			a.Status, a.Reason = "skipped", err.Error()
 			return
 		}
+		a.Notes = p.Notes
 		for _, s := range p.Steps {
 			a.Growth += s.Growth
 			a.Freed += s.FreedBytes
@@ -257,7 +265,9 @@ func removeOrphan(path string, roots []string, pm vhd.PathMap) error {
 	if err != nil {
 		return err
 	}
-	if err := st.consistent(path); err != nil {
+	// Never accepted here: the orphan may be what such a configuration
+	// uses now, and removing it would lose its data.
+	if _, err := st.consistent(path, nil, false); err != nil {
 		return err
 	}
 	c := canon(path)

@@ -357,7 +357,7 @@ func runStep(ss stepState, p *Plan, i int, o *Options, rep progress.Reporter, lo
 	// 6. Remove C.
 	return ss.do("remove", nil, func() (any, error) {
 		if p.Keep {
-			return nil, nil
+			return nil, keepChild(st, o)
 		}
 		locks.Drop(st.Child)
 		if err := os.Remove(st.Child); err != nil && !os.IsNotExist(err) {
@@ -692,24 +692,43 @@ func repoint(ss stepState, st *Step, o *Options) error {
 			ss.j.Note(ss.key+"repoint", map[string]string{"skipped": gc, "why": "file no longer exists"})
 			continue
 		}
-		im, err := vhd.Open(gc, &vhd.Options{PathMap: o.PathMap, Wrap: o.Wrap})
-		if err != nil {
-			return err
-		}
-		np, err := vhd.ParentFor(gc, pim, o.PathMap)
-		if err == nil {
-			err = im.SetParent(np)
-		}
-		if err == nil {
-			err = im.Flush()
-		}
-		if cerr := im.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := pointAt(gc, pim, o); err != nil {
 			return err
 		}
 		o.hook(fmt.Sprintf("%srepoint-child:%d", ss.key, n))
 	}
 	return nil
+}
+
+// pointAt makes disk's parent link name pim as it is now (VHDX:
+// parent_linkage = its DataWriteGuid, linkage2 cleared; VHD: its unique ID
+// and timestamp), flushed. Repeating it changes nothing.
+func pointAt(disk string, pim *vhd.Image, o *Options) error {
+	im, err := vhd.Open(disk, &vhd.Options{PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return err
+	}
+	np, err := vhd.ParentFor(disk, pim, o.PathMap)
+	if err == nil {
+		err = im.SetParent(np)
+	}
+	if err == nil {
+		err = im.Flush()
+	}
+	if cerr := im.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// keepChild leaves the merged file C as a child of the merged P that any
+// reader accepts: during the merge C matched P only through linkage2, which
+// libvhdi (and older readers) ignore.
+func keepChild(st *Step, o *Options) error {
+	pim, err := vhd.Open(st.Parent, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
+	if err != nil {
+		return err
+	}
+	defer pim.Close()
+	return pointAt(st.Child, pim, o)
 }

@@ -598,3 +598,69 @@ func (f damagingFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	return f.File.WriteAt(p, off)
 }
+
+// --keep: the merged file stays, still a valid child of the merged parent
+// (its linkage names the parent's new identity, not only linkage2, since
+// libvhdi and older readers use parent_linkage alone), reading the same as
+// before; the parent alone reads the same too.
+func TestMergeKeep(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		layers []layerSpec
+	}{
+		{"vhdx", []layerSpec{{"base.vhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 32 * MiB, BlockSize: 2 * MiB}, 15, false}, {"c.avhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, BlockSize: 1 * MiB}, 20, false}}},
+		{"vhd", []layerSpec{{"base.vhd", vhd.CreateSpec{Format: vhd.FormatVHD, Type: vhd.TypeDynamic, Size: 32 * MiB}, 15, false}, {"c.avhd", vhd.CreateSpec{Format: vhd.FormatVHD, Type: vhd.TypeDifferencing}, 20, false}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			paths, models := buildChain(t, dir, tc.layers, 7)
+			base, child := paths[0], paths[1]
+			want := models[1].data
+			o := &Options{Volumes: bigVolumes, Roots: []string{dir}, Keep: true}
+			p, err := PlanMerge(child, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !p.Keep || p.Steps[0].FreedBytes != 0 {
+				t.Errorf("plan with Keep: keep %v, frees %d", p.Keep, p.Steps[0].FreedBytes)
+			}
+			res, err := Run(p, o, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Removed) != 0 {
+				t.Errorf("removed %v with Keep", res.Removed)
+			}
+			if got := chainBytes(t, base); !bytes.Equal(got, want) {
+				t.Fatalf("merged parent differs at %d", firstDiff(got, want))
+			}
+			if got := chainBytes(t, child); !bytes.Equal(got, want) {
+				t.Fatalf("kept child's view differs at %d", firstDiff(got, want))
+			}
+			checkClean(t, child)
+			checkClean(t, base)
+			im, err := vhd.Open(child, &vhd.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			loc := im.Parent()
+			link, err := im.ResolveParent(&vhd.Options{ReadOnly: true})
+			im.Close()
+			if err != nil || !link.LinkageOK {
+				t.Fatalf("kept child's parent: %v %+v", err, link)
+			}
+			if tc.name == "vhdx" {
+				pim, err := vhd.Open(base, &vhd.Options{ReadOnly: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				g := pim.Info().DataWriteGUID
+				pim.Close()
+				if l, err := vhd.ParseGUID(loc.Linkage); err != nil || l != g {
+					t.Errorf("kept child's parent_linkage %q, parent's DataWriteGuid %s", loc.Linkage, g)
+				}
+			}
+			oracleCompare(t, child, want)
+		})
+	}
+}

@@ -118,14 +118,67 @@ func Discover(roots []string, extra []string, pm vhd.PathMap, wrap vhd.FileWrapp
 // consistent refuses to change disk when a configuration found may lack
 // its last changes: a VMCX whose replay log still holds changes (hvsnap
 // does not replay it) or with damaged entries may have a checkpoint, or a
-// drive, that uses the disk.
-func (s *Store) consistent(disk string) error {
+// drive, that uses the disk. A configuration the operator accepted
+// (Options.AcceptStale) is not a refusal: it comes back as a note for the
+// plan, with what to check on the host afterwards.
+// acceptable says whether the refusal may offer --accept-stale-config
+// (not for removals, which would lose data).
+func (s *Store) consistent(disk string, accept []string, acceptable bool) ([]string, error) {
+	var notes []string
+	used := map[string]bool{}
 	for _, v := range s.VMs {
-		if c := v.Inconsistent(); c != nil {
-			return refused(disk, "%s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): it may have checkpoints or drives that use this disk; let Hyper-V open it once on the host (Get-VM), or do this there", c.Path)
+		for _, c := range v.Configs() {
+			if c == nil || !c.PossiblyInconsistent {
+				continue
+			}
+			if !acceptable || !accepted(c.Path, accept) {
+				hint := ""
+				if acceptable {
+					hint = fmt.Sprintf("; where that cannot be done, accept the risk for this file with --accept-stale-config '%s'", c.Path)
+				}
+				return nil, refused(disk, "%s is a VMCX configuration that may lack its last changes (%s; hvsnap does not replay VMCX replay-log entries): it may have checkpoints or drives that use this disk; let Hyper-V open it once on the host (Get-VM), or do this there%s", c.Path, staleWhy(c), hint)
+			}
+			notes = append(notes, staleNote(v, c))
+			used[canon(c.Path)] = true
 		}
 	}
-	return nil
+	for _, a := range accept {
+		if acceptable && !used[canon(a)] {
+			notes = append(notes, fmt.Sprintf("--accept-stale-config %s: no configuration found here that may lack its last changes has that path; nothing to accept", a))
+		}
+	}
+	return notes, nil
+}
+
+// accepted reports whether path is one of the accepted configurations
+// (compared in canonical form).
+func accepted(path string, accept []string) bool {
+	cp := canon(path)
+	for _, a := range accept {
+		if canon(a) == cp {
+			return true
+		}
+	}
+	return false
+}
+
+// staleWhy is the reason a configuration may lack its last changes.
+func staleWhy(c *vm.Config) string {
+	for _, w := range c.Warnings {
+		if strings.Contains(w, "possibly inconsistent") || strings.Contains(w, "replay log") {
+			return w
+		}
+	}
+	if len(c.Warnings) > 0 {
+		return c.Warnings[0]
+	}
+	return "outstanding replay-log entries or damaged entries"
+}
+
+// staleNote is the plan note for an accepted possibly-stale configuration.
+func staleNote(v *vm.VM, c *vm.Config) string {
+	name := strings.ReplaceAll(v.Config.Name, "'", "''")
+	return fmt.Sprintf("%s may lack its last changes (%s); going on as asked (--accept-stale-config): a checkpoint or drive recorded only in those changes is not protected (--keep leaves the merged file in place, still a valid child), and configuration updates are computed from what could be read. On the host, before starting the VM, check what it uses: Get-VMHardDiskDrive -VMName '%s'; Get-VMSnapshot -VMName '%s' | Get-VMHardDiskDrive", c.Path, staleWhy(c), name, name)
 }
 
 // configUse is one configuration naming a disk.
@@ -212,11 +265,15 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("merge: %w", err)
 	}
-	if err := st.consistent(disk); err != nil {
+	staleNotes, err := st.consistent(disk, o.AcceptStale, true)
+	if err != nil {
 		return nil, err
 	}
 
-	p := &Plan{Schema: PlanSchema, Disk: disk, Into: layers[k], Keep: o.Keep, Configs: []ConfigChange{}, Notes: []string{}}
+	p := &Plan{Schema: PlanSchema, Disk: disk, Into: layers[k], Keep: o.Keep, Configs: []ConfigChange{}, Notes: staleNotes}
+	if p.Notes == nil {
+		p.Notes = []string{}
+	}
 	for _, m := range o.PathMap {
 		p.PathMap = append(p.PathMap, m.String())
 	}

@@ -28,6 +28,11 @@ never a parent other disks depend on, never a disk a checkpoint still uses).
 With --orphans it also removes orphaned differencing disks that nothing
 depends on and no VM or checkpoint names (leaves first).
 
+While a VMCX configuration under the ROOTs may lack its last changes
+(outstanding replay-log entries, which hvsnap does not replay), its merges are
+skipped with the reason; --accept-stale-config FILE lets them run (never the
+removal of an orphan, which that configuration may be using).
+
 A lock file (.hvsnap-cleanup.lock in the first ROOT) keeps two jobs from
 overlapping. Every file touched is reported with its size and identity before
 and after (--log FILE appends the same as JSON lines).
@@ -46,6 +51,7 @@ Examples:
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "say what would be done and change nothing"},
 			&cli.StringFlag{Name: "margin", Value: "64M", Usage: "free space to keep on each volume beyond a merge's peak"},
 			&cli.StringFlag{Name: "log", Usage: "append every action as a JSON line to `FILE`"},
+			acceptStaleFlag,
 			pathMapFlag, jsonFlag,
 		},
 		Action: runCleanup,
@@ -83,7 +89,7 @@ func runCleanup(c *cli.Context) error {
 		roots = append(roots, a)
 	}
 	res, err := merge.Cleanup(roots, merge.CleanupOptions{PathMap: pm, OlderThan: c.Duration("older-than"), Keep: c.Int("keep"),
-		Orphans: c.Bool("orphans"), DryRun: c.Bool("dry-run"), Margin: margin}, reporter(c))
+		Orphans: c.Bool("orphans"), DryRun: c.Bool("dry-run"), Margin: margin, AcceptStale: c.StringSlice("accept-stale-config")}, reporter(c))
 	if err != nil {
 		return err
 	}
@@ -124,6 +130,9 @@ func runCleanup(c *cli.Context) error {
 			fmt.Fprintln(w)
 			if a.Reason != "" {
 				fmt.Fprintf(w, "            %s\n", a.Reason)
+			}
+			for _, n := range a.Notes {
+				fmt.Fprintf(w, "            note: %s\n", n)
 			}
 		}
 		if len(res.Actions) == 0 {

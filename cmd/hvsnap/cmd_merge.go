@@ -35,7 +35,12 @@ It refuses, before touching anything: a parent other disks also depend on
 (another checkpoint branch or VM), a disk a checkpoint still uses, a broken link,
 a disk in use (locked by a running VM or another job), an unfinished operation,
 and not enough free space (exit 3, with the volumes that have room and the
-relocation command).
+relocation command). It also refuses while a VMCX configuration in the store
+may lack its last changes (outstanding replay-log entries, which hvsnap does not
+replay): that configuration could have a checkpoint using these disks. Let
+Hyper-V open the VM once, or, where no Hyper-V host is at hand, name the file
+with --accept-stale-config to go on; the plan then says what to check on the
+host afterwards.
 
 Every step is journaled (.hvsnap-merge-*.journal next to the parent): a merge
 killed at any point, or stopped by a full disk, is finished by
@@ -54,16 +59,21 @@ Examples:
 			&cli.StringFlag{Name: "into", Usage: "ancestor to merge the chain into (default: DISK's parent)"},
 			&cli.StringFlag{Name: "all", Usage: "merge every drive chain of the VM in `VM_DIR` into its base disk"},
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "print the plan (order, bytes, peak space per volume) and change nothing"},
-			&cli.BoolFlag{Name: "keep", Usage: "keep the merged file (single step only)"},
+			&cli.BoolFlag{Name: "keep", Usage: "keep the merged file, re-pointed as a valid child of the merged parent that no configuration names (single step only)"},
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "do not ask for confirmation on a terminal"},
 			&cli.BoolFlag{Name: "resume", Usage: "finish interrupted merges: PATH is a journal, a disk, or a folder (default: .)"},
 			&cli.StringSliceFlag{Name: "root", Usage: "folder to search for dependent disks and VM configurations (repeatable; default: the disk's VM folder)"},
 			&cli.StringFlag{Name: "margin", Value: "64M", Usage: "free space to keep on each volume beyond the merge's peak"},
+			acceptStaleFlag,
 			pathMapFlag, jsonFlag,
 		},
 		Action: runMerge,
 	}
 }
+
+// acceptStaleFlag lets merge and cleanup go on past a VMCX configuration
+// that may lack its last changes (merge.Options.AcceptStale).
+var acceptStaleFlag = &cli.StringSliceFlag{Name: "accept-stale-config", Usage: "go on although the VMCX configuration `FILE` may lack its last changes (outstanding replay-log entries hvsnap cannot replay); repeatable"}
 
 func mergeOptions(c *cli.Context) (*merge.Options, error) {
 	pm, err := pathMap(c)
@@ -77,7 +87,8 @@ func mergeOptions(c *cli.Context) (*merge.Options, error) {
 	if margin == 0 {
 		margin = -1
 	}
-	return &merge.Options{PathMap: pm, Into: c.String("into"), Roots: c.StringSlice("root"), Keep: c.Bool("keep"), Margin: margin}, nil
+	return &merge.Options{PathMap: pm, Into: c.String("into"), Roots: c.StringSlice("root"), Keep: c.Bool("keep"), Margin: margin,
+		AcceptStale: c.StringSlice("accept-stale-config")}, nil
 }
 
 // mergeMemoryLimit keeps a merge's heap small whatever the disk size (the

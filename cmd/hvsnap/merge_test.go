@@ -320,3 +320,81 @@ func TestCLIWriteFinishesInterruptedMerge(t *testing.T) {
 	}
 	mustHV(t, "check", gc)
 }
+
+// A VMCX configuration that may lack its last changes (an outstanding
+// replay-log entry) in the store: merge refuses, naming the file and
+// --accept-stale-config; with the file named, merge and cleanup go on and
+// say what to check on the host; cleanup never removes an orphan for it.
+func TestCLIStaleVMCX(t *testing.T) {
+	root, pm, web, _, _ := mergeStore(t)
+	cfg, err := storetest.UnreplayedVM(filepath.Join(root, "fuzz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := web.LiveSHA256()
+	code, _, errs := hv(t, "merge", "--yes", "--root", root, "--path-map", pm, web.Leaf)
+	if code != exitError || !strings.Contains(errs, cfg) || !strings.Contains(errs, "replay-log") || !strings.Contains(errs, "--accept-stale-config") {
+		t.Fatalf("stale VMCX: exit %d %s", code, errs)
+	}
+	if _, err := os.Stat(web.Leaf); err != nil {
+		t.Fatal("the refused merge removed the leaf")
+	}
+	out := mustHV(t, "merge", "--yes", "--json", "--accept-stale-config", cfg, "--root", root, "--path-map", pm, web.Leaf)
+	var res struct {
+		Results []struct {
+			Plan struct {
+				Notes []string `json:"notes"`
+			} `json:"plan"`
+			Merged []string `json:"merged"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(res.Results) != 1 || len(res.Results[0].Merged) != 1 || !strings.Contains(strings.Join(res.Results[0].Plan.Notes, "\n"), cfg+" may lack its last changes") {
+		t.Fatalf("accepted merge: %s", out)
+	}
+	if got, err := storetest.ChainSHA256(web.Base, web.PathMap); err != nil || got != want {
+		t.Fatalf("merged content: %v", err)
+	}
+
+	// cleanup, on a fresh store: the merge is skipped with the reason, then
+	// done once the file is accepted; the orphan stays either way.
+	root, pm, web, _, orphan := mergeStore(t)
+	cfg, err = storetest.UnreplayedVM(filepath.Join(root, "fuzz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ = web.LiveSHA256()
+	code, out, errs = hv(t, "cleanup", "--orphans", "--path-map", pm, root)
+	if code != exitNothing || strings.Count(out, "skipped") != 2 || !strings.Contains(out, "--accept-stale-config '"+cfg+"'") {
+		t.Fatalf("cleanup with a stale VMCX: exit %d\n%s%s", code, out, errs)
+	}
+	out = mustHV(t, "cleanup", "--orphans", "--accept-stale-config", cfg, "--path-map", pm, root)
+	if !strings.Contains(out, "done        merge "+web.Leaf) || !strings.Contains(out, "note: "+cfg) || !strings.Contains(out, "skipped     remove orphan "+orphan) {
+		t.Fatalf("cleanup, file accepted:\n%s", out)
+	}
+	if _, err := os.Stat(orphan); err != nil {
+		t.Fatal("cleanup removed the orphan of a store with a stale VMCX")
+	}
+	if got, err := storetest.ChainSHA256(web.Base, web.PathMap); err != nil || got != want {
+		t.Fatalf("cleanup's merged content: %v", err)
+	}
+}
+
+// merge --keep: the merged file stays as a valid child (check clean, reads
+// the same), the configuration names the parent.
+func TestCLIMergeKeep(t *testing.T) {
+	_, pm, web, _, _ := mergeStore(t)
+	want, _ := web.LiveSHA256()
+	out := mustHV(t, "merge", "--yes", "--keep", "--path-map", pm, web.Leaf)
+	if strings.Contains(out, "removed ") || !strings.Contains(out, "updated "+web.ConfigPath) {
+		t.Fatalf("merge --keep output:\n%s", out)
+	}
+	for _, p := range []string{web.Base, web.Leaf} {
+		if got, err := storetest.ChainSHA256(p, web.PathMap); err != nil || got != want {
+			t.Fatalf("%s after merge --keep: %v (content changed: %v)", p, err, got != want)
+		}
+		mustHV(t, "check", "--path-map", pm, p)
+	}
+}

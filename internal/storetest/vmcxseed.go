@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 )
 
@@ -37,4 +39,29 @@ func VMCXSeed(path string) ([]byte, error) {
 	copy(file, in[:hdr])
 	copy(file[h2:], in[hdr:2*hdr])
 	return append(file, in[2*hdr:]...), nil
+}
+
+// unreplayedSeed is the configuration UnreplayedVM writes: the seed of the vm
+// package's fuzz corpus, whose replay log holds one outstanding entry.
+const unreplayedSeed = "seed-5"
+
+// UnreplayedVM writes the VMCX seed with an outstanding replay-log entry
+// (VM "fuzz", see VMCXSeed) as the configuration of the VM folder vmDir
+// ("Virtual Machines/6F2B7A31-….vmcx") and returns the file's path. The
+// seed is found next to this source file, so any package's tests can call
+// it.
+func UnreplayedVM(vmDir string) (string, error) {
+	_, src, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", fmt.Errorf("storetest: cannot locate the source tree")
+	}
+	data, err := VMCXSeed(filepath.Join(filepath.Dir(src), "..", "..", "vm", "testdata", "fuzz", "FuzzVMCX", unreplayedSeed))
+	if err != nil {
+		return "", err
+	}
+	cfg := filepath.Join(vmDir, "Virtual Machines", "6F2B7A31-0C43-4E59-9B1D-2A7C5E8F9013.vmcx")
+	if err := os.MkdirAll(filepath.Dir(cfg), 0o755); err != nil {
+		return "", err
+	}
+	return cfg, os.WriteFile(cfg, data, 0o644)
 }
