@@ -2,6 +2,7 @@ package merge
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -45,10 +46,12 @@ type CleanupOptions struct {
 
 // Action is one thing cleanup did (or would do with DryRun, or skipped).
 type Action struct {
-	Kind   string `json:"kind"` // "merge", "remove-orphan"
-	VM     string `json:"vm,omitempty"`
-	Child  string `json:"child"`
-	Parent string `json:"parent,omitempty"`
+	Kind string `json:"kind"` // "merge", "remove-orphan", "resume"
+	// Journal: for "resume", the unfinished merge's journal.
+	Journal string `json:"journal,omitempty"`
+	VM      string `json:"vm,omitempty"`
+	Child   string `json:"child"`
+	Parent  string `json:"parent,omitempty"`
 	// Sizes and identities before and after (parent for a merge, the file
 	// itself for a removal).
 	ParentSizeBefore int64  `json:"parent_size_before,omitempty"`
@@ -97,35 +100,15 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 	if o.MaxActions <= 0 {
 		o.MaxActions = 1000
 	}
-	lockPath := filepath.Join(roots[0], LockName)
 	if !o.DryRun {
-		f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o644)
+		release, err := lockRoots(roots)
 		if err != nil {
-			return nil, fmt.Errorf("cleanup: %w", err)
-		}
-		f.Close()
-		l, err := lock.File(lockPath)
-		if err != nil {
-			if errors.Is(err, lock.ErrInUse) {
-				return nil, fmt.Errorf("%w on %s (lock file %s); try again when it ends", ErrCleanupRunning, roots[0], lockPath)
-			}
 			return nil, err
 		}
-		defer l.Release()
+		defer release()
 	}
 	res := &CleanupResult{Schema: PlanSchema, Roots: roots, DryRun: o.DryRun, Actions: []Action{}}
-	tried := map[string]bool{} // child paths already handled (done, planned, skipped)
-	for n := 0; n < o.MaxActions; n++ {
-		rp, err := space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.Volumes, Now: o.Now})
-		if err != nil {
-			return res, err
-		}
-		act, ok := nextAction(rp, o, tried)
-		if !ok {
-			break
-		}
-		tried[act.Child] = true
-		runAction(&act, roots, o, rep)
+	count := func(act Action) {
 		res.Actions = append(res.Actions, act)
 		switch act.Status {
 		case "done", "planned":
@@ -135,11 +118,149 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 			res.NeedsSpace++
 		}
 	}
+	tried := map[string]bool{} // child paths already handled (done, planned, skipped)
+	gone := map[string]bool{}  // orphans removed (or, in a dry run, to be removed)
+	for n := 0; n < o.MaxActions; n++ {
+		rp, err := space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.Volumes, Now: o.Now})
+		if err != nil {
+			return res, err
+		}
+		if n == 0 {
+			// Merges an earlier run (or hvsnap merge) left unfinished are
+			// finished first: until then their disks are refused.
+			js, err := pendingJournals(rp)
+			if err != nil {
+				return res, err
+			}
+			for _, j := range js {
+				a, children := resumeAction(j, o, rep)
+				for _, c := range children {
+					tried[c] = true // finished here, or (dry run) it would be
+				}
+				count(a)
+			}
+			if len(js) > 0 && !o.DryRun {
+				n = -1 // analyse again: the finished merges changed the store
+				continue
+			}
+		}
+		act, ok := nextAction(rp, o, tried, gone)
+		if !ok {
+			break
+		}
+		tried[act.Child] = true
+		runAction(&act, roots, o, rep)
+		if act.Kind == "remove-orphan" && (act.Status == "done" || act.Status == "planned") {
+			gone[act.Child] = true
+		}
+		count(act)
+	}
 	return res, nil
 }
 
+// lockRoots takes the cleanup lock file in every root (canonical paths,
+// in order), so that two jobs naming the same roots in any order never
+// overlap.
+func lockRoots(roots []string) (func(), error) {
+	seen := map[string]bool{}
+	var cs []string
+	for _, r := range roots {
+		if c := canon(r); !seen[c] {
+			seen[c] = true
+			cs = append(cs, c)
+		}
+	}
+	sort.Strings(cs)
+	var held []*lock.Lock
+	release := func() {
+		for _, l := range held {
+			l.Release()
+		}
+	}
+	for _, r := range cs {
+		lockPath := filepath.Join(r, LockName)
+		f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("cleanup: %w", err)
+		}
+		f.Close()
+		l, err := lock.File(lockPath)
+		if err != nil {
+			release()
+			if errors.Is(err, lock.ErrInUse) {
+				return nil, fmt.Errorf("%w on %s (lock file %s); try again when it ends", ErrCleanupRunning, r, lockPath)
+			}
+			return nil, err
+		}
+		held = append(held, l)
+	}
+	return release, nil
+}
+
+// pendingJournals lists the unfinished merge journals in the folders of
+// the disks found (a journal sits next to the merge's parent, which stays).
+func pendingJournals(rp *space.Report) ([]string, error) {
+	dirs := map[string]bool{}
+	var out []string
+	for _, d := range rp.Disks {
+		dir := filepath.Dir(d.Path)
+		if dirs[dir] {
+			continue
+		}
+		dirs[dir] = true
+		js, err := FindJournals(dir)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, js...)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// resumeAction finishes the merge recorded in journal j (a dry run only
+// says it would).
+// It also returns the disks the journal merges.
+func resumeAction(j string, o CleanupOptions, rep progress.Reporter) (Action, []string) {
+	a := Action{Kind: "resume", Journal: j}
+	var children []string
+	if jr, err := journal.Read(j); err == nil {
+		var p Plan
+		if json.Unmarshal(jr.Header.Plan, &p) == nil {
+			a.Child, a.Parent = p.Disk, p.Into
+			for _, st := range p.Steps {
+				children = append(children, st.Child)
+			}
+		}
+	}
+	if o.DryRun {
+		a.Status = "planned"
+		return a, children
+	}
+	mo := &Options{PathMap: o.PathMap, Margin: o.Margin, Volumes: o.Volumes}
+	res, err := Resume(j, mo, rep)
+	switch {
+	case err == nil:
+		a.Status = "done"
+		if a.Parent != "" {
+			a.ParentSizeAfter, a.ParentIDAfter = identity(a.Parent, o.PathMap)
+		}
+		for _, r := range res.Removed {
+			a.Notes = append(a.Notes, "removed "+r)
+		}
+	case errors.Is(err, ErrRefused):
+		a.Status, a.Reason = "skipped", err.Error()
+	case errors.Is(err, ErrNoSpace):
+		a.Status, a.Reason = "needs-space", err.Error()
+	default:
+		a.Status, a.Reason = "failed", err.Error()
+	}
+	return a, children
+}
+
 // nextAction picks the next merge-pending link (or orphan) to handle.
-func nextAction(rp *space.Report, o CleanupOptions, tried map[string]bool) (Action, bool) {
+func nextAction(rp *space.Report, o CleanupOptions, tried, gone map[string]bool) (Action, bool) {
 	disks := map[string]*space.Disk{}
 	for _, d := range rp.Disks {
 		disks[d.Path] = d
@@ -178,15 +299,27 @@ func nextAction(rp *space.Report, o CleanupOptions, tried map[string]bool) (Acti
 		}
 	}
 	if o.Orphans {
-		for _, f := range rp.Findings {
-			if f.Code != space.FindOrphan || len(f.Paths) != 1 {
-				continue // only leaves; a subtree goes leaf by leaf
+		// An orphaned subtree goes leaf by leaf: a disk is a leaf once all
+		// its children are gone (in a dry run: would be).
+		leaf := func(d *space.Disk) bool {
+			for _, c := range d.Children {
+				if !gone[c] {
+					return false
+				}
 			}
-			d := disks[f.Paths[0]]
-			if d == nil || tried[d.Path] || len(d.Children) > 0 || o.Now.Sub(d.ModTime) < o.OlderThan {
+			return true
+		}
+		for _, f := range rp.Findings {
+			if f.Code != space.FindOrphan {
 				continue
 			}
-			return Action{Kind: "remove-orphan", Child: d.Path, Parent: d.Parent}, true
+			for _, p := range f.Paths {
+				d := disks[p]
+				if d == nil || tried[d.Path] || !leaf(d) || o.Now.Sub(d.ModTime) < o.OlderThan {
+					continue
+				}
+				return Action{Kind: "remove-orphan", Child: d.Path, Parent: d.Parent}, true
+			}
 		}
 	}
 	return Action{}, false
@@ -234,12 +367,19 @@ func runAction(a *Action, roots []string, o CleanupOptions, rep progress.Reporte
 		}
 		if o.DryRun {
 			a.Status = "planned"
+			if err := p.ProbeLocks(); err != nil {
+				a.Status, a.Reason = "skipped", err.Error()
+			}
 			return
 		}
 		if _, err := Run(p, mo, rep); err != nil {
 			a.Status, a.Reason = "failed", err.Error()
-			if errors.Is(err, ErrNoSpace) {
+			switch {
+			case errors.Is(err, ErrNoSpace):
 				a.Status = "needs-space"
+			case errors.Is(err, ErrRefused):
+				// Refused before anything was written (in use: a running VM).
+				a.Status = "skipped"
 			}
 			return
 		}

@@ -122,6 +122,24 @@ func inUse(err error) error {
 	return err
 }
 
+// ProbeLocks reports (as an "in use" refusal) whether another process
+// holds any file the plan would lock, taking and releasing the locks. It
+// changes nothing; a dry run uses it to predict what Run would refuse.
+func (p *Plan) ProbeLocks() error {
+	var existing []string
+	for _, f := range p.files() {
+		if _, err := os.Stat(f); err == nil {
+			existing = append(existing, f)
+		}
+	}
+	locks, err := lock.Files(existing...)
+	if err != nil {
+		return inUse(err)
+	}
+	locks.Release()
+	return nil
+}
+
 // Resume finishes the merge recorded in the journal at path.
 func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 	if o == nil {

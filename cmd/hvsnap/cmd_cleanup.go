@@ -33,8 +33,9 @@ While a VMCX configuration under the ROOTs may lack its last changes
 skipped with the reason; --accept-stale-config FILE lets them run (never the
 removal of an orphan, which that configuration may be using).
 
-A lock file (.hvsnap-cleanup.lock in the first ROOT) keeps two jobs from
-overlapping. Every file touched is reported with its size and identity before
+An interrupted merge (its journal next to the parent) is finished first.
+A lock file (.hvsnap-cleanup.lock in every ROOT) keeps two jobs from
+overlapping. A disk in use (a running VM) is skipped with the reason. Every file touched is reported with its size and identity before
 and after (--log FILE appends the same as JSON lines).
 
 Exit codes: 0 done, 4 nothing to do, 3 needs space (a merge did not fit; the
@@ -124,6 +125,8 @@ func runCleanup(c *cli.Context) error {
 				} else if a.Status == "planned" {
 					fmt.Fprintf(w, " (parent grows %s, frees %s)", human(a.Growth), human(a.Freed))
 				}
+			case "resume":
+				fmt.Fprintf(w, "%-11s finish the interrupted merge of %s into %s (journal %s)", a.Status, a.Child, a.Parent, a.Journal)
 			default:
 				fmt.Fprintf(w, "%-11s remove orphan %s (%s, id %s)", a.Status, a.Child, human(a.ChildSize), a.ChildID)
 			}

@@ -398,3 +398,90 @@ func TestCLIMergeKeep(t *testing.T) {
 		mustHV(t, "check", "--path-map", pm, p)
 	}
 }
+
+// cleanup finishes a merge an earlier run left unfinished (its journal)
+// before anything else, instead of skipping its disks; the dry run says it
+// would.
+func TestCLICleanupFinishesInterruptedMerge(t *testing.T) {
+	root, pm, web, _, _ := mergeStore(t)
+	want, _ := web.LiveSHA256()
+	left := 3
+	pmap, _ := vhd.ParsePathMapping(pm)
+	o := &merge.Options{PathMap: vhd.PathMap{pmap}, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}, Wrap: func(f vhd.File) vhd.File { return failAfter{f, &left} }}
+	p, err := merge.PlanMerge(web.Leaf, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := merge.Run(p, o, nil); err == nil {
+		t.Fatal("the injected failure did not stop the merge")
+	}
+	js, _ := merge.FindJournals(filepath.Dir(web.Base))
+	if len(js) != 1 {
+		t.Fatalf("journals: %v", js)
+	}
+	out := mustHV(t, "cleanup", "--dry-run", "--path-map", pm, root)
+	if !strings.Contains(out, "planned     finish the interrupted merge of "+web.Leaf) || strings.Contains(out, "skipped") {
+		t.Fatalf("dry run:\n%s", out)
+	}
+	out = mustHV(t, "cleanup", "--path-map", pm, root)
+	if !strings.Contains(out, "done        finish the interrupted merge of "+web.Leaf) || !strings.Contains(out, js[0]) {
+		t.Fatalf("cleanup:\n%s", out)
+	}
+	if _, err := os.Stat(js[0]); !os.IsNotExist(err) {
+		t.Errorf("journal left: %v", err)
+	}
+	if _, err := os.Stat(web.Leaf); !os.IsNotExist(err) {
+		t.Errorf("merged leaf left: %v", err)
+	}
+	if got, err := storetest.ChainSHA256(web.Base, web.PathMap); err != nil || got != want {
+		t.Fatalf("content after cleanup finished the merge: %v", err)
+	}
+	mustHV(t, "check", "--path-map", pm, web.Base)
+}
+
+// A disk in use (a running VM) is skipped, in the dry run too, not a
+// failure: a nightly job must not fail every night for a running VM.
+func TestCLICleanupSkipsDiskInUse(t *testing.T) {
+	root, pm, web, _, _ := mergeStore(t)
+	l, err := lock.File(web.Leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	for _, dry := range []bool{true, false} {
+		args := []string{"cleanup", "--path-map", pm, root}
+		if dry {
+			args = append([]string{"cleanup", "--dry-run"}, args[1:]...)
+		}
+		code, out, errs := hv(t, args...)
+		if code != exitNothing || !strings.Contains(out, "skipped     merge "+web.Leaf) || !strings.Contains(out, "in use") {
+			t.Fatalf("dry run %v: exit %d\n%s%s", dry, code, out, errs)
+		}
+	}
+	if _, err := os.Stat(web.Leaf); err != nil {
+		t.Fatal("the disk in use was merged")
+	}
+}
+
+// --orphans removes an orphaned chain leaf first, then its parent, and the
+// dry run lists both.
+func TestCLICleanupOrphanChain(t *testing.T) {
+	root, pm, _, db, orphan := mergeStore(t)
+	top, err := storetest.OrphanDisk(db.DiskDir, orphan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := mustHV(t, "cleanup", "--dry-run", "--orphans", "--path-map", pm, root)
+	if i, j := strings.Index(out, "planned     remove orphan "+top), strings.Index(out, "planned     remove orphan "+orphan); i < 0 || j < i {
+		t.Fatalf("dry run:\n%s", out)
+	}
+	mustHV(t, "cleanup", "--orphans", "--path-map", pm, root)
+	for _, p := range []string{top, orphan} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("orphan %s left: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(db.Base); err != nil {
+		t.Fatal("cleanup removed db's base")
+	}
+}
