@@ -2,6 +2,7 @@ package export
 
 import (
 	"fmt"
+	jnl "github.com/hvsnap/hvsnap/internal/journal"
 	"os"
 	"path"
 	"path/filepath"
@@ -49,9 +50,67 @@ func makePlan(src string, o *Options) (*plan, error) {
 		if o.Checkpoint != "" {
 			return nil, fmt.Errorf("export: --checkpoint needs a VM folder, %s is a disk", src)
 		}
-		return planDisk(src, o)
+		return checkUnfinished(planDisk(src, o))
 	}
-	return planVM(src, o)
+	return checkUnfinished(planVM(src, o))
+}
+
+// BusyError: an unfinished merge (its journal next to the disks) involves
+// disks the package would hold. Its chain is half-merged (a VHDX child
+// matches its parent only through parent_linkage2, which other readers
+// ignore), so it is not packaged: finish the merge first.
+type BusyError struct {
+	Journals []string // the merge journals
+	Disk     string   // one disk involved
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("export: %s is part of an unfinished merge (journal %s): its chain is half-merged and would be packaged so; finish it first (hvsnap merge --resume %s), or export with --flatten, which reads the chain's content as it is", e.Disk, e.Journals[0], e.Journals[0])
+}
+
+// checkUnfinished refuses a plan whose disks an unfinished merge involves.
+func checkUnfinished(p *plan, err error) (*plan, error) {
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, it := range p.items {
+		// A flattened disk is read through the chain, which reads the same
+		// at every step of a merge: only files copied as they are count.
+		if it.disk != nil && it.flatten == "" && it.src != "" {
+			files = append(files, it.src)
+		}
+	}
+	js, err := jnl.Involving(files...)
+	if err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	be := &BusyError{}
+	for _, j := range js {
+		if j.Header.Op != "merge" {
+			continue // e.g. the relocation running this export
+		}
+		be.Journals = append(be.Journals, j.Path)
+		if be.Disk == "" {
+			named := map[string]bool{}
+			for _, f := range j.Header.Files {
+				named[f] = true
+			}
+			for _, f := range files {
+				if a, err := filepath.Abs(f); err == nil && named[a] {
+					be.Disk = f
+					break
+				}
+			}
+		}
+	}
+	if len(be.Journals) == 0 {
+		return p, nil
+	}
+	if be.Disk == "" {
+		be.Disk = files[0]
+	}
+	return nil, be
 }
 
 // disks collects disk files, names them inside the package and records

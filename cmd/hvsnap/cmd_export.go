@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hvsnap/hvsnap/export"
+	"github.com/hvsnap/hvsnap/merge"
 )
 
 func cmdExport() *cli.Command {
@@ -66,6 +67,16 @@ func runExport(c *cli.Context) error {
 		return usagef("export: --json cannot be used with --to - (standard output carries the archive)")
 	}
 	res, err := export.Export(src, o, reporter(c))
+	var be *export.BusyError
+	if errors.As(err, &be) {
+		// An interrupted merge of these disks: finish it, then export.
+		for _, j := range be.Journals {
+			if ferr := finishJournal(c, j, &merge.Options{PathMap: pm}); ferr != nil {
+				return fmt.Errorf("%v; finishing it failed: %w", err, ferr)
+			}
+		}
+		res, err = export.Export(src, o, reporter(c))
+	}
 	if err != nil {
 		if errors.Is(err, export.ErrUsage) {
 			return usagef("%v", err)

@@ -125,6 +125,7 @@ func runMerge(c *cli.Context) error {
 		disks = []string{d}
 	}
 	var plans []*merge.Plan
+	var resumedAll []string // disks the interrupted merges finished had merged
 	for _, d := range disks {
 		oo := *o
 		if c.String("all") != "" {
@@ -137,16 +138,24 @@ func runMerge(c *cli.Context) error {
 			}
 			oo.Into = base
 		}
-		p, err := planWithResume(c, d, &oo)
+		p, finished, err := planWithResume(c, d, &oo)
 		if err != nil {
 			return err
+		}
+		if finished {
+			resumedAll = append(resumedAll, d)
+			continue
 		}
 		plans = append(plans, p)
 	}
 	w := c.App.Writer
 	if len(plans) == 0 {
 		if c.Bool("json") {
-			return writeJSON(w, map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, "nothing_to_do": true})
+			return writeJSON(w, map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, "nothing_to_do": true, "merged_by_resume": resumedAll})
+		}
+		if len(resumedAll) > 0 {
+			fmt.Fprintf(w, "%s: merged by the interrupted merge just finished; nothing left to do\n", strings.Join(resumedAll, ", "))
+			return nil
 		}
 		fmt.Fprintln(w, "nothing to merge: the VM's drives have no checkpoint disks")
 		return nil
@@ -203,33 +212,67 @@ func runMerge(c *cli.Context) error {
 }
 
 // planWithResume plans a merge; an interrupted merge of the same disks is
-// finished first.
-func planWithResume(c *cli.Context, disk string, o *merge.Options) (*merge.Plan, error) {
-	p, err := merge.PlanMerge(disk, o)
+// finished first. finished: that merge already merged disk (nothing left
+// to plan).
+func planWithResume(c *cli.Context, disk string, o *merge.Options) (p *merge.Plan, finished bool, err error) {
+	if c.Bool("dry-run") {
+		// A dry run changes nothing: an interrupted merge is named (with its
+		// resume command) by PlanMerge's refusal, not finished.
+		p, err := merge.PlanMerge(disk, o)
+		return p, false, mergeErr(err)
+	}
+	if _, serr := os.Stat(disk); os.IsNotExist(serr) {
+		// Killed after the disk was removed: its journal is still next to it.
+		js, jerr := journal.Involving(disk)
+		if jerr == nil && len(js) > 0 && js[0].Header.Op == "merge" {
+			for _, j := range js {
+				if err := finishJournal(c, j.Path, o); err != nil {
+					return nil, false, err
+				}
+			}
+			return nil, true, nil
+		}
+	}
+	p, err = merge.PlanMerge(disk, o)
 	if err == nil || !errors.Is(err, merge.ErrBusy) {
 		if err != nil {
-			return nil, mergeErr(err)
+			return nil, false, mergeErr(err)
 		}
-		return p, nil
+		return p, false, nil
 	}
 	js, ferr := merge.FindJournals(disk)
 	if ferr != nil || len(js) == 0 {
-		return nil, mergeErr(err) // another kind of operation: not ours to finish
+		return nil, false, mergeErr(err) // another kind of operation: not ours to finish
 	}
 	for _, j := range js {
-		fmt.Fprintf(c.App.ErrWriter, "hvsnap: finishing the interrupted merge recorded in %s first\n", j)
-		if _, err := merge.Resume(j, o, reporter(c)); err != nil {
-			return nil, mergeErr(err)
+		if err := finishJournal(c, j, o); err != nil {
+			return nil, false, err
 		}
 	}
 	if _, err := os.Stat(disk); os.IsNotExist(err) {
-		return nil, fmt.Errorf("merge: %s was merged by the interrupted merge; nothing left to do", disk)
+		return nil, true, nil
 	}
 	p, err = merge.PlanMerge(disk, o)
 	if err != nil {
-		return nil, mergeErr(err)
+		return nil, false, mergeErr(err)
 	}
-	return p, nil
+	return p, false, nil
+}
+
+// finishJournal finishes the interrupted merge recorded in j; one whose
+// disks are held (it is still running in another process) is reported as
+// such.
+func finishJournal(c *cli.Context, j string, o *merge.Options) error {
+	oo := *o
+	oo.Into, oo.Keep = "", false
+	if _, err := merge.Resume(j, &oo, reporter(c)); err != nil {
+		if errors.Is(err, merge.ErrRefused) && strings.Contains(err.Error(), "in use") {
+			return fmt.Errorf("merge: the merge recorded in %s is not finished and its disks are in use (still running in another process, or a VM holds them): %w", j, err)
+		}
+		return mergeErr(err)
+	}
+	fmt.Fprintf(c.App.ErrWriter, "hvsnap: finished the interrupted merge recorded in %s\n", j)
+	return nil
 }
 
 func runMergeResume(c *cli.Context, o *merge.Options) error {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hvsnap/hvsnap/export"
 	"github.com/hvsnap/hvsnap/internal/lock"
 	"github.com/hvsnap/hvsnap/internal/storetest"
 	"github.com/hvsnap/hvsnap/merge"
@@ -484,4 +485,99 @@ func TestCLICleanupOrphanChain(t *testing.T) {
 	if _, err := os.Stat(db.Base); err != nil {
 		t.Fatal("cleanup removed db's base")
 	}
+}
+
+// merge DISK after an interrupted merge of DISK: the interrupted one is
+// finished and that is success (exit 0), whether it stopped mid-copy or
+// after DISK was already removed; a dry run only names it.
+func TestCLIMergeAfterInterruptedMerge(t *testing.T) {
+	for _, when := range []string{"copy", "finish"} {
+		t.Run(when, func(t *testing.T) {
+			_, pm, web, _, _ := mergeStore(t)
+			want, _ := web.LiveSHA256()
+			pmap, _ := vhd.ParsePathMapping(pm)
+			left := 3
+			o := &merge.Options{PathMap: vhd.PathMap{pmap}, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}
+			if when == "copy" {
+				o.Wrap = func(f vhd.File) vhd.File { return failAfter{f, &left} }
+			} else {
+				o.Hook = func(pt string) {
+					if pt == "finish" {
+						panic("stop")
+					}
+				}
+			}
+			p, err := merge.PlanMerge(web.Leaf, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			func() {
+				defer func() { recover() }()
+				if _, err := merge.Run(p, o, nil); err == nil {
+					t.Fatal("the injected stop did not stop the merge")
+				}
+			}()
+			js, _ := merge.FindJournals(filepath.Dir(web.Base))
+			if len(js) != 1 {
+				t.Fatalf("journals: %v", js)
+			}
+			if _, err := os.Stat(web.Leaf); (when == "finish") != os.IsNotExist(err) {
+				t.Fatalf("leaf after the stop at %s: %v", when, err)
+			}
+			if when == "copy" {
+				code, _, errs := hv(t, "merge", "--dry-run", "--path-map", pm, web.Leaf)
+				if code != exitError || !strings.Contains(errs, "merge --resume "+js[0]) {
+					t.Fatalf("dry run: exit %d %s", code, errs)
+				}
+			}
+			code, out, errs := hv(t, "merge", "--yes", "--path-map", pm, web.Leaf)
+			if code != exitOK || !strings.Contains(errs, "finished the interrupted merge recorded in "+js[0]) || !strings.Contains(out, "nothing left to do") {
+				t.Fatalf("merge: exit %d\n%s%s", code, out, errs)
+			}
+			if _, err := os.Stat(js[0]); !os.IsNotExist(err) {
+				t.Errorf("journal left: %v", err)
+			}
+			if got, err := storetest.ChainSHA256(web.Base, web.PathMap); err != nil || got != want {
+				t.Fatalf("content: %v", err)
+			}
+		})
+	}
+}
+
+// export of a VM whose merge was interrupted: the package layer refuses
+// the half-merged chain (except flattened), the CLI finishes the merge
+// first and then exports.
+func TestCLIExportAfterInterruptedMerge(t *testing.T) {
+	_, pm, web, _, _ := mergeStore(t)
+	want, _ := web.LiveSHA256()
+	pmap, _ := vhd.ParsePathMapping(pm)
+	left := 3
+	o := &merge.Options{PathMap: vhd.PathMap{pmap}, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}, Wrap: func(f vhd.File) vhd.File { return failAfter{f, &left} }}
+	p, err := merge.PlanMerge(web.Leaf, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := merge.Run(p, o, nil); err == nil {
+		t.Fatal("the injected failure did not stop the merge")
+	}
+	out := t.TempDir()
+	_, err = export.Export(web.Dir, export.Options{To: filepath.Join(out, "a"), PathMap: web.PathMap}, nil)
+	var be *export.BusyError
+	if !errors.As(err, &be) || !strings.Contains(err.Error(), "merge --resume") {
+		t.Fatalf("package layer: %v", err)
+	}
+	if _, err := export.Export(web.Dir, export.Options{To: filepath.Join(out, "flat"), PathMap: web.PathMap, Flatten: true}, nil); err != nil {
+		t.Fatalf("flattened export of the half-merged chain: %v", err)
+	}
+	code, so, errs := hv(t, "export", "--to", filepath.Join(out, "b"), "--path-map", pm, web.Dir)
+	if code != exitOK || !strings.Contains(errs, "finished the interrupted merge") {
+		t.Fatalf("export: exit %d\n%s%s", code, so, errs)
+	}
+	if _, err := os.Stat(web.Leaf); !os.IsNotExist(err) {
+		t.Errorf("the interrupted merge was not finished: %v", err)
+	}
+	if got, err := storetest.ChainSHA256(web.Base, web.PathMap); err != nil || got != want {
+		t.Fatalf("content: %v", err)
+	}
+	mustHV(t, "import", "--verify-only", filepath.Join(out, "b"))
 }
