@@ -16,6 +16,7 @@ import (
 	"github.com/hvsnap/hvsnap/internal/progress"
 	"github.com/hvsnap/hvsnap/space"
 	"github.com/hvsnap/hvsnap/vhd"
+	"github.com/hvsnap/hvsnap/vm"
 )
 
 // ErrCleanupRunning: another cleanup holds the store's lock file.
@@ -155,7 +156,54 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 		}
 		count(act)
 	}
+	if !o.DryRun && res.Done > 0 {
+		if err := clearFlags(roots, o, res); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
+}
+
+// clearFlags sets disk_merge_pending to False in the XML configuration of
+// every VM this run merged for whose chains no pending merge is left (as
+// Hyper-V does once it has merged; VMCX files are never written: Hyper-V
+// clears the flag itself when it next opens the VM). Each change is an
+// action of kind "clear-flag".
+func clearFlags(roots []string, o CleanupOptions, res *CleanupResult) error {
+	merged := map[string]bool{}
+	for _, a := range res.Actions {
+		if (a.Kind == "merge" || a.Kind == "resume") && a.Status == "done" {
+			merged[a.VM] = true
+			if a.Kind == "resume" {
+				merged[""] = true // the VM of a resumed merge is not recorded
+			}
+		}
+	}
+	rp, err := space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.Volumes, Now: o.Now})
+	if err != nil {
+		return err
+	}
+	pending := map[string]bool{}
+	for _, f := range rp.Findings {
+		if f.Code == space.FindMergePending && f.Evidence["source"] == "chain" {
+			pending[f.VM] = true
+		}
+	}
+	for _, v := range rp.VMs {
+		if !v.DiskMergePending || v.ConfigKind != vm.KindXML || pending[v.Name] || !(merged[v.Name] || merged[""]) {
+			continue
+		}
+		a := Action{Kind: "clear-flag", VM: v.Name, Child: v.ConfigPath}
+		if changed, err := vm.ClearXMLMergePending(v.ConfigPath); err != nil {
+			a.Status, a.Reason = "failed", err.Error()
+		} else if changed {
+			a.Status = "done"
+		} else {
+			continue
+		}
+		res.Actions = append(res.Actions, a)
+	}
+	return nil
 }
 
 // lockRoots takes the cleanup lock file in every root (canonical paths,

@@ -125,6 +125,8 @@ func runCleanup(c *cli.Context) error {
 				} else if a.Status == "planned" {
 					fmt.Fprintf(w, " (parent grows %s, frees %s)", human(a.Growth), human(a.Freed))
 				}
+			case "clear-flag":
+				fmt.Fprintf(w, "%-11s disk_merge_pending set to False in %s (VM %q: no merge left pending)", a.Status, a.Child, a.VM)
 			case "resume":
 				fmt.Fprintf(w, "%-11s finish the interrupted merge of %s into %s (journal %s)", a.Status, a.Child, a.Parent, a.Journal)
 			default:

@@ -170,6 +170,14 @@ func TestCLICleanup(t *testing.T) {
 	if !strings.Contains(string(lg), `"parent_size_before"`) || !strings.Contains(string(lg), `"status":"done"`) {
 		t.Fatalf("log: %s", lg)
 	}
+	// The merge the flag announced is done: the flag is cleared (as Hyper-V
+	// does), and said.
+	if cfg, err := vm.ParseConfig(web.ConfigPath, &vm.ParseOptions{PathMap: web.PathMap}); err != nil || cfg.DiskMergePending {
+		t.Fatalf("web's disk_merge_pending after cleanup: %v %+v", err, cfg)
+	}
+	if !strings.Contains(out, "disk_merge_pending set to False in "+web.ConfigPath) {
+		t.Fatalf("cleanup output:\n%s", out)
+	}
 	// Nothing left to merge; the orphan only goes with --orphans.
 	if code, _, _ := hv(t, "cleanup", "--path-map", pm, root); code != exitNothing {
 		t.Fatalf("second run: exit %d", code)
