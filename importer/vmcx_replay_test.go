@@ -167,3 +167,60 @@ func TestMergeAcceptsNamedStaleVMCX(t *testing.T) {
 		t.Errorf("content after the merge: %v (changed: %v)", err, got != want)
 	}
 }
+
+// A VMCX checkpoint (the real Windows sample, copied into a Snapshots
+// folder) that names the disk a merge would remove: hvsnap cannot re-point
+// it (no VMCX writes, no cmdlet for a checkpoint's disk), so the merge is
+// refused, except with Keep, which leaves that disk a valid child.
+func TestMergeRefusesDiskOfVMCXCheckpoint(t *testing.T) {
+	samples := samplesDir(t)
+	root := t.TempDir()
+	vmDir := filepath.Join(root, "vm")
+	disks := filepath.Join(root, "Disks")
+	const id = "EC04F346-DB96-4700-AF5B-77B3C56C38BD"
+	data, err := os.ReadFile(filepath.Join(samples, id+".vmcx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"Virtual Machines", "Snapshots"} {
+		if err := os.MkdirAll(filepath.Join(vmDir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The sample names C:\Disks\Default Generation 1.vhdx: the same file is
+	// the VM's configuration and, in Snapshots, one of its checkpoints.
+	os.WriteFile(filepath.Join(vmDir, "Virtual Machines", id+".vmcx"), data, 0o644)
+	cp := filepath.Join(vmDir, "Snapshots", id+".vmcx")
+	os.WriteFile(cp, data, 0o644)
+	base, mid, leaf := filepath.Join(disks, "base.vhdx"), filepath.Join(disks, "Default Generation 1.vhdx"), filepath.Join(disks, "leaf.avhdx")
+	os.MkdirAll(disks, 0o755)
+	for _, sp := range []struct {
+		path string
+		spec vhd.CreateSpec
+	}{{base, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}}, {mid, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: base}}, {leaf, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: mid}}} {
+		im, err := vhd.Create(sp.path, sp.spec, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Close()
+	}
+	m, _ := vhd.ParsePathMapping(`C:\Disks=` + disks)
+	o := &merge.Options{Roots: []string{vmDir, disks}, PathMap: vhd.PathMap{m}, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}
+	_, err = merge.PlanMerge(mid, o)
+	if !errors.Is(err, merge.ErrRefused) || !strings.Contains(err.Error(), cp) || !strings.Contains(err.Error(), "--keep") {
+		t.Fatalf("merge of a VMCX checkpoint's disk: %v", err)
+	}
+	o.Keep = true
+	p, err := merge.PlanMerge(mid, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Configs {
+		if c.Config == cp {
+			t.Errorf("a change planned for the VMCX checkpoint: %+v", c)
+		}
+	}
+	if !strings.Contains(strings.Join(p.Notes, "\n"), cp) {
+		t.Errorf("notes do not name the checkpoint: %v", p.Notes)
+	}
+}

@@ -340,6 +340,16 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 
 	// Configurations naming the merged leaf (the chain's top).
 	for _, u := range st.uses(layers[0]) {
+		if u.checkpoint && u.cfg.Kind != vm.KindXML {
+			// hvsnap never writes VMCX, and no cmdlet changes a checkpoint's
+			// disk (Set-VMHardDiskDrive -VMName would re-point the running VM).
+			if !o.Keep {
+				return nil, refused(layers[0], "checkpoint %q (%s, %s) is a VMCX configuration that names this disk: hvsnap does not write VMCX and Hyper-V has no command to re-point a checkpoint's disk, so removing the disk would break the checkpoint. Delete the checkpoint in Hyper-V first, or merge with --keep (the file stays, still a valid child reading the same, so the checkpoint keeps working)",
+					u.cfg.Name, u.cfg.Path, u.drive.Location())
+			}
+			p.Notes = append(p.Notes, fmt.Sprintf("checkpoint %q (%s) names %s and keeps naming it: the kept file stays a valid child of %s", u.cfg.Name, u.cfg.Path, layers[0], target0))
+			continue
+		}
 		cc := ConfigChange{Config: u.cfg.Path, Kind: u.cfg.Kind, VM: u.vmName, Drive: u.drive.Location(), OldPath: u.drive.WindowsPath}
 		cc.NewPath = newWindowsPath(u.drive.WindowsPath, layers[0], target0, o.PathMap)
 		if u.cfg.Kind != vm.KindXML {
