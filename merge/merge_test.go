@@ -664,3 +664,32 @@ func TestMergeKeep(t *testing.T) {
 		})
 	}
 }
+
+// Not enough space: the volumes offered for a relocation leave out the
+// system's memory file systems (/dev/shm, /run, ...) whatever their free
+// space, and the suggested command carries the plan's path mappings.
+func TestNoSpaceRoomAndRelocCommand(t *testing.T) {
+	dir := t.TempDir()
+	paths, _ := buildChain(t, dir, []layerSpec{
+		{"base.vhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 32 * MiB, BlockSize: 1 * MiB}, 2, false},
+		{"c.avhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, BlockSize: 1 * MiB}, 20, false},
+	}, 3)
+	m, _ := vhd.ParsePathMapping(`C:\VMs=` + dir)
+	o := &Options{Roots: []string{dir}, PathMap: vhd.PathMap{m}, Volumes: space.StaticVolumes{
+		{Mount: "/", Free: 1 << 20, FSID: "1"}, {Mount: "/dev/shm", Free: 1 << 40, FSID: "2"},
+		{Mount: "/run/user/0", Free: 1 << 40, FSID: "3"}, {Mount: "/srv", Free: 1 << 40, FSID: "4"}}}
+	p, err := PlanMerge(paths[1], o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ns *NoSpaceError
+	if err := p.CheckSpace(o); !errors.As(err, &ns) {
+		t.Fatalf("CheckSpace: %v", err)
+	}
+	if len(ns.Room) != 1 || ns.Room[0].Mount != "/srv" {
+		t.Errorf("room: %+v", ns.Room)
+	}
+	if !strings.Contains(ns.Reloc, "--to /srv/hvsnap-relocated") || !strings.Contains(ns.Reloc, "--path-map '"+m.String()+"'") {
+		t.Errorf("relocation command: %s", ns.Reloc)
+	}
+}

@@ -536,7 +536,7 @@ func (p *Plan) CheckSpace(o *Options) error {
 			var src space.VolumeInfo
 			src, _ = volumeByMount(vols, v.Mount)
 			for _, w := range vols {
-				if w.Mount == v.Mount || w.ReadOnly || (src.FSID != "" && w.FSID == src.FSID) {
+				if w.Mount == v.Mount || w.ReadOnly || (src.FSID != "" && w.FSID == src.FSID) || space.SystemMount(w.Mount) {
 					continue
 				}
 				if w.Free >= need+v.Peak+v.Margin {
@@ -547,6 +547,9 @@ func (p *Plan) CheckSpace(o *Options) error {
 		}
 		if len(e.Room) > 0 {
 			e.Reloc = fmt.Sprintf("hvsnap relocate %s --to %s --merge", quoteArg(vmDirOf(p.Disk)), quoteArg(filepath.Join(e.Room[0].Mount, "hvsnap-relocated")))
+			for _, m := range p.PathMap {
+				e.Reloc += " --path-map " + quoteArg(m)
+			}
 		}
 		return e
 	}
