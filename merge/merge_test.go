@@ -693,3 +693,51 @@ func TestNoSpaceRoomAndRelocCommand(t *testing.T) {
 		t.Errorf("relocation command: %s", ns.Reloc)
 	}
 }
+
+// A damaged child (a block table entry overlapping another block: an error
+// for hvsnap check) is refused before anything is written, not merged as
+// it reads and removed.
+func TestMergeRefusesDamagedChild(t *testing.T) {
+	dir := t.TempDir()
+	paths, _ := buildChain(t, dir, []layerSpec{
+		{"base.vhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 32 * MiB, BlockSize: 1 * MiB}, 4, false},
+		{"c.avhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, BlockSize: 1 * MiB}, 20, false},
+	}, 5)
+	child := paths[1]
+	// BAT entry 1 (the BAT is at 3 MiB in files hvsnap writes): fully
+	// present, at the file offset of the first payload block.
+	f, err := os.OpenFile(child, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e [8]byte
+	if _, err := f.ReadAt(e[:], 3*MiB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(e[:], 3*MiB+8); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	damaged := false
+	fs, _ := vhd.Check(child, nil)
+	for _, f := range fs {
+		damaged = damaged || f.Severity == vhd.SevError
+	}
+	if !damaged || e[0]&7 != 6 {
+		t.Fatalf("the damage was not made (entry 0 %x, check %v)", e, fs)
+	}
+	before := map[string]string{}
+	for _, p := range paths {
+		b, _ := os.ReadFile(p)
+		before[p] = sha(b)
+	}
+	_, err = PlanMerge(child, &Options{Volumes: bigVolumes, Roots: []string{dir}})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), child) {
+		t.Fatalf("merge of a damaged child: %v", err)
+	}
+	for _, p := range paths {
+		if b, _ := os.ReadFile(p); sha(b) != before[p] {
+			t.Errorf("%s changed", p)
+		}
+	}
+}

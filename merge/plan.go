@@ -237,7 +237,25 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 			}
 		}
 		if k < 0 {
+			if _, err := os.Stat(o.Into); err != nil {
+				return nil, refused(disk, "--into %s: %v", o.Into, err)
+			}
 			return nil, refused(disk, "%s is not an ancestor of this disk (its chain: %s)", o.Into, strings.Join(layers[1:], " → "))
+		}
+	}
+	// Structural damage (what hvsnap check reports as an error) in any file
+	// the merge reads from and writes or removes: refused, so that the
+	// damaged file, the only evidence, is not merged as it reads and removed.
+	for i := 0; i <= k; i++ {
+		fs, err := ch.Layers[i].Check()
+		if err != nil {
+			return nil, fmt.Errorf("merge: check %s: %w", layers[i], err)
+		}
+		for _, f := range fs {
+			if f.Severity == vhd.SevError {
+				return nil, refused(layers[i], "damaged: %s (%s); a merge would carry the damage into %s and remove the evidence. Nothing was changed; see hvsnap check %s, and copy the chain aside before any repair",
+					f.Message, f.Code, filepath.Base(layers[k]), quoteArg(layers[i]))
+			}
 		}
 	}
 	leaf := ch.Layers[0].Info()
@@ -319,8 +337,8 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	for i := k - 1; i >= 0; i-- {
 		c := layers[i]
 		if others := without(kids[target0], c); len(others) > 0 {
-			return nil, refused(target0, "this disk is also the parent of %s: merging %s into it would change what %s show (and break their linkage). It is left unmerged; merge %s into another ancestor or delete the other branch first",
-				strings.Join(others, ", "), filepath.Base(c), plural(len(others), "that disk", "those disks"), filepath.Base(c))
+			return nil, refused(target0, "this disk is also the parent of %s: merging %s into it would change what %s (and break their linkage). It is left unmerged; merge %s into another ancestor or delete the other branch first",
+				strings.Join(others, ", "), filepath.Base(c), plural(len(others), "that disk shows", "those disks show"), filepath.Base(c))
 		}
 		if len(st.Broken[c]) > 0 {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s has children whose linkage does not match it (already broken): %s; they are not re-pointed", c, strings.Join(st.Broken[c], ", ")))
