@@ -71,7 +71,7 @@ func Run(p *Plan, o *Options, rep progress.Reporter) (*Result, error) {
 	}
 	defer j.Close()
 	o.hook("journal")
-	res := &Result{Plan: p, Journal: j.Path, Growth: map[string]int64{}}
+	res := &Result{Plan: p, Journal: j.Path, Growth: map[string]int64{}, Merged: []string{}, Removed: []string{}, ConfigsUpdated: []string{}, Commands: []string{}}
 	if err := execute(j, p, o, rep, locks, res); err != nil {
 		return res, err
 	}
@@ -181,7 +181,7 @@ func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 		return nil, err
 	}
 	defer j.Close()
-	res := &Result{Plan: &p, Journal: path, Growth: map[string]int64{}, Resumed: true}
+	res := &Result{Plan: &p, Journal: path, Growth: map[string]int64{}, Merged: []string{}, Removed: []string{}, ConfigsUpdated: []string{}, Commands: []string{}, Resumed: true}
 	if j.Ended() {
 		return res, j.Finish()
 	}

@@ -160,27 +160,54 @@ func runMerge(c *cli.Context) error {
 		fmt.Fprintln(w, "nothing to merge: the VM's drives have no checkpoint disks")
 		return nil
 	}
-	var spaceErr error
+	// What the merge would be refused for now (nothing changed): lack of
+	// space (exit 3), a disk in use (exit 1).
+	var spaceErr, busyErr error
 	for _, p := range plans {
 		if err := p.CheckSpace(o); err != nil {
 			spaceErr = err
 		}
+		if c.Bool("dry-run") && busyErr == nil {
+			busyErr = p.ProbeLocks()
+		}
+	}
+	refusal := spaceErr
+	if refusal == nil {
+		refusal = busyErr
+	}
+	refusedExit := func() error {
+		if spaceErr != nil {
+			return &exitErr{code: exitFindings, msg: errorLine(spaceErr)}
+		}
+		return &exitErr{code: exitError, msg: errorLine(busyErr)}
 	}
 	if c.Bool("dry-run") {
 		if c.Bool("json") {
-			return writeJSON(w, map[string]any{"schema": jsonSchema, "dry_run": true, "plans": plans})
+			doc := map[string]any{"schema": jsonSchema, "dry_run": true, "plans": plans}
+			if refusal != nil {
+				doc["refused"] = errorLine(refusal)
+			}
+			if err := writeJSON(w, doc); err != nil || refusal == nil {
+				return err
+			}
+			return refusedExit()
 		}
 		for _, p := range plans {
 			printPlan(w, p)
 		}
-		if spaceErr != nil {
+		if refusal != nil {
 			fmt.Fprintln(w, "\nthis merge would be refused now:")
-			return &exitErr{code: exitFindings, msg: errorLine(spaceErr)}
+			return refusedExit()
 		}
 		fmt.Fprintln(w, "\ndry run: nothing was changed")
 		return nil
 	}
 	if spaceErr != nil {
+		if c.Bool("json") {
+			if err := writeJSON(w, map[string]any{"schema": jsonSchema, "plans": plans, "results": []any{}, "refused": errorLine(spaceErr)}); err != nil {
+				return err
+			}
+		}
 		return mergeErr(spaceErr)
 	}
 	if !c.Bool("json") {
@@ -188,9 +215,15 @@ func runMerge(c *cli.Context) error {
 			printPlan(w, p)
 		}
 	}
-	if !c.Bool("yes") && !c.Bool("json") && isTerminal(os.Stdin) {
-		if !confirm(c.App.Writer, os.Stdin, "Merge now?") {
-			fmt.Fprintln(w, "nothing was changed")
+	if !c.Bool("yes") && isTerminal(os.Stdin) {
+		// With --json the question goes to standard error, keeping standard
+		// output one JSON document.
+		qw := c.App.Writer
+		if c.Bool("json") {
+			qw = c.App.ErrWriter
+		}
+		if !confirm(qw, os.Stdin, "Merge now?") {
+			fmt.Fprintln(qw, "nothing was changed")
 			return nil
 		}
 	}

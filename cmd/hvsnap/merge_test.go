@@ -589,3 +589,41 @@ func TestCLIExportAfterInterruptedMerge(t *testing.T) {
 	}
 	mustHV(t, "import", "--verify-only", filepath.Join(out, "b"))
 }
+
+// What a merge would be refused for is said the same way with --json (a
+// "refused" field, the same exit code), in a dry run too, and a dry run
+// probes the locks (a disk in use: exit 1).
+func TestCLIMergeRefusalsJSON(t *testing.T) {
+	dir := t.TempDir()
+	base, c := filepath.Join(dir, "base.vhdx"), filepath.Join(dir, "c.avhdx")
+	mustHV(t, "create", "--size", "32M", base)
+	mustHV(t, "create", "--parent", base, c)
+	mustHV(t, "write", "--offset", "2M", "--fill", "0x22", "--length", "6M", c)
+	for _, dry := range []bool{true, false} {
+		args := []string{"merge", "--yes", "--json", "--margin", "100T"}
+		if dry {
+			args = append(args, "--dry-run")
+		}
+		args = append(args, c)
+		code, out, errs := hv(t, args...)
+		var doc struct {
+			Refused string `json:"refused"`
+			Plans   []any  `json:"plans"`
+		}
+		if err := json.Unmarshal([]byte(out), &doc); err != nil || code != exitFindings || !strings.Contains(doc.Refused, "0x80070070") || len(doc.Plans) != 1 {
+			t.Fatalf("dry run %v: exit %d, %v\n%s%s", dry, code, err, out, errs)
+		}
+	}
+	l, err := lock.File(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := hv(t, "merge", "--dry-run", c)
+	l.Release()
+	if code != exitError || !strings.Contains(out, "would be refused now") || !strings.Contains(errs, "in use") {
+		t.Fatalf("dry run, disk in use: exit %d\n%s%s", code, out, errs)
+	}
+	if _, err := os.Stat(c); err != nil {
+		t.Fatal("a refused merge removed the child")
+	}
+}
