@@ -721,11 +721,20 @@ func repoint(ss stepState, st *Step, o *Options) error {
 // pointAt makes disk's parent link name pim as it is now (VHDX:
 // parent_linkage = its DataWriteGuid, linkage2 cleared; VHD: its unique ID
 // and timestamp), flushed. Repeating it changes nothing.
+//
+// A VHD child records its parent's modification time (and hvsnap check,
+// like Windows, compares it), so the re-pointed disk keeps its own: its
+// data is unchanged, and its children's links stay exact.
 func pointAt(disk string, pim *vhd.Image, o *Options) error {
+	fi, err := os.Stat(disk)
+	if err != nil {
+		return err
+	}
 	im, err := vhd.Open(disk, &vhd.Options{PathMap: o.PathMap, Wrap: o.Wrap})
 	if err != nil {
 		return err
 	}
+	isVHD := im.Info().Format == vhd.FormatVHD
 	np, err := vhd.ParentFor(disk, pim, o.PathMap)
 	if err == nil {
 		err = im.SetParent(np)
@@ -735,6 +744,9 @@ func pointAt(disk string, pim *vhd.Image, o *Options) error {
 	}
 	if cerr := im.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && isVHD {
+		err = os.Chtimes(disk, fi.ModTime(), fi.ModTime())
 	}
 	return err
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hvsnap/hvsnap/space"
 	"github.com/hvsnap/hvsnap/vhd"
@@ -739,5 +740,48 @@ func TestMergeRefusesDamagedChild(t *testing.T) {
 		if b, _ := os.ReadFile(p); sha(b) != before[p] {
 			t.Errorf("%s changed", p)
 		}
+	}
+}
+
+// Merging a middle VHD re-points its child, whose own child records the
+// re-pointed disk's modification time: that time is kept, so the
+// grandchild's link stays exact (no parent-timestamp warning).
+func TestMergeMiddleVHDKeepsTimestamps(t *testing.T) {
+	dir := t.TempDir()
+	v := func(typ vhd.DiskType) vhd.CreateSpec {
+		return vhd.CreateSpec{Format: vhd.FormatVHD, Type: typ, Size: 16 * MiB}
+	}
+	paths, models := buildChain(t, dir, []layerSpec{{"base.vhd", v(vhd.TypeDynamic), 4, false}, {"d1.avhd", v(vhd.TypeDifferencing), 4, false},
+		{"d2.avhd", v(vhd.TypeDifferencing), 4, false}, {"d3.avhd", v(vhd.TypeDifferencing), 4, false}}, 9)
+	timestampWarnings := func() []vhd.Finding {
+		fs, err := vhd.Check(paths[3], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []vhd.Finding
+		for _, f := range fs {
+			if f.Code == "parent-timestamp" {
+				out = append(out, f)
+			}
+		}
+		return out
+	}
+	if w := timestampWarnings(); len(w) > 0 {
+		t.Fatalf("before the merge: %v", w)
+	}
+	time.Sleep(1100 * time.Millisecond) // VHD timestamps are in seconds
+	o := &Options{Volumes: bigVolumes, Roots: []string{dir}}
+	p, err := PlanMerge(paths[1], o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(p, o, nil); err != nil {
+		t.Fatal(err)
+	}
+	if w := timestampWarnings(); len(w) > 0 {
+		t.Errorf("after merging d1: %v", w)
+	}
+	if got := chainBytes(t, paths[3]); !bytes.Equal(got, models[3].data) {
+		t.Fatalf("d3's view changed at %d", firstDiff(got, models[3].data))
 	}
 }
