@@ -109,7 +109,7 @@ func Export(src string, o Options, rep progress.Reporter) (*Result, error) {
 	if o.To == "-" && o.Stdout == nil {
 		return nil, fmt.Errorf("export: no standard output to write to: %w", ErrUsage)
 	}
-	p, err := makePlan(src, &o)
+	p, err := checkUnfinished(makePlan(src, &o))
 	if err != nil {
 		return nil, err
 	}

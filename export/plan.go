@@ -50,9 +50,9 @@ func makePlan(src string, o *Options) (*plan, error) {
 		if o.Checkpoint != "" {
 			return nil, fmt.Errorf("export: --checkpoint needs a VM folder, %s is a disk", src)
 		}
-		return checkUnfinished(planDisk(src, o))
+		return planDisk(src, o)
 	}
-	return checkUnfinished(planVM(src, o))
+	return planVM(src, o)
 }
 
 // BusyError: an unfinished merge (its journal next to the disks) involves

@@ -129,10 +129,7 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 		if n == 0 {
 			// Merges an earlier run (or hvsnap merge) left unfinished are
 			// finished first: until then their disks are refused.
-			js, err := pendingJournals(rp)
-			if err != nil {
-				return res, err
-			}
+			js := pendingJournals(rp)
 			for _, j := range js {
 				a, children := resumeAction(j, o, rep)
 				for _, c := range children {
@@ -246,25 +243,21 @@ func lockRoots(roots []string) (func(), error) {
 	return release, nil
 }
 
-// pendingJournals lists the unfinished merge journals in the folders of
-// the disks found (a journal sits next to the merge's parent, which stays).
-func pendingJournals(rp *space.Report) ([]string, error) {
-	dirs := map[string]bool{}
+// pendingJournals lists the unfinished merge journals the analysis found
+// next to the disks (a journal sits next to the merge's parent, which
+// stays).
+func pendingJournals(rp *space.Report) []string {
 	var out []string
-	for _, d := range rp.Disks {
-		dir := filepath.Dir(d.Path)
-		if dirs[dir] {
+	for _, f := range rp.Findings {
+		if f.Code != space.FindUnfinishedOp || f.Evidence["op"] != "merge" {
 			continue
 		}
-		dirs[dir] = true
-		js, err := FindJournals(dir)
-		if err != nil {
-			return nil, err
+		if j, _ := f.Evidence["journal"].(string); j != "" {
+			out = append(out, j)
 		}
-		out = append(out, js...)
 	}
 	sort.Strings(out)
-	return out, nil
+	return out
 }
 
 // resumeAction finishes the merge recorded in journal j (a dry run only

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hvsnap/hvsnap/internal/journal"
 	"github.com/hvsnap/hvsnap/internal/progress"
 	"github.com/hvsnap/hvsnap/vhd"
 	"github.com/hvsnap/hvsnap/vm"
@@ -134,6 +135,7 @@ func Analyze(ctx context.Context, roots []string, o Options) (*Report, error) {
 		return nil, err
 	}
 	a.chainFindings()
+	a.journalFindings()
 	if err := a.collapseNeeds(); err != nil {
 		return nil, err
 	}
@@ -686,6 +688,40 @@ func linkGrowth(child, parent string) (int64, error) {
 	}
 	defer p.Close()
 	return vhd.MergeGrowth(c, p)
+}
+
+// journalFindings: unfinished hvsnap operations (their journals sit next
+// to the disks they change): until finished, their chains are mid-change
+// (a VHDX child may match its parent only through parent_linkage2, which
+// other readers ignore) and later operations on them are refused.
+func (a *analysis) journalFindings() {
+	dirs := map[string]bool{}
+	for _, d := range a.rep.Disks {
+		dir := filepath.Dir(d.Path)
+		if dirs[dir] {
+			continue
+		}
+		dirs[dir] = true
+		js, err := journal.Find(dir)
+		if err != nil {
+			continue
+		}
+		for _, p := range js {
+			j, err := journal.Read(p)
+			if err != nil {
+				a.add(Finding{Code: FindUnfinishedOp, Severity: SevWarning, Volume: d.Volume, Paths: []string{p},
+					Message: fmt.Sprintf("%s: an hvsnap journal that cannot be read (%v): it blocks operations on the disks next to it; inspect it, and remove it only if no operation was running", p, err)})
+				continue
+			}
+			if j.Ended() {
+				continue
+			}
+			a.add(Finding{Code: FindUnfinishedOp, Severity: SevWarning, Volume: d.Volume, Paths: append([]string{p}, j.Header.Files...),
+				Message: fmt.Sprintf("an unfinished hvsnap %s (started %s by pid %d on %s) involves disks here; finish it: hvsnap %s --resume %s",
+					j.Header.Op, j.Header.Started.Format("2006-01-02 15:04:05Z"), j.Header.PID, j.Header.Host, j.Header.Op, p),
+				Evidence: map[string]any{"journal": p, "op": j.Header.Op}})
+		}
+	}
 }
 
 // chainFindings: broken links, expanded parents, merge pending, deep

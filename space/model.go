@@ -54,6 +54,7 @@ const (
 	FindMergeNoSpace    = "merge-cannot-fit"     // a merge needs more than the volume has free
 	FindPausedRisk      = "paused-critical-risk" // free space below what differencing disks can still grow
 	FindLowSpace        = "low-space"            // free space below the thresholds
+	FindUnfinishedOp    = "unfinished-operation" // an hvsnap merge/relocation journal next to the disks: interrupted (or running)
 )
 
 // Thresholds used for findings and verdicts.

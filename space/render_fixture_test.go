@@ -9,7 +9,7 @@ import (
 var allFindingCodes = []string{
 	FindOrphan, FindMissingParent, FindLinkageMismatch, FindExpandedParent, FindMergePending,
 	FindDeepChain, FindOldCheckpoint, FindSavedState, FindUnreadableDisk, FindMissingDisk,
-	FindMergeNoSpace, FindPausedRisk, FindLowSpace,
+	FindMergeNoSpace, FindPausedRisk, FindLowSpace, FindUnfinishedOp,
 }
 
 // Paths with characters that must be escaped everywhere they are rendered.
@@ -128,6 +128,7 @@ func renderFixture() *Report {
 		f(FindDeepChain, SevWarning, "web01", "/mnt/d", 0, "VM web01: drive scsi0:0 reads through 6 differencing disks (threshold 5)", c.Path),
 		f(FindOldCheckpoint, SevWarning, "web01", "/mnt/d", 0, "VM web01: its oldest checkpoint disk was last written 45 days ago", a.Path),
 		f(FindSavedState, SevInfo, "web01", "/mnt/d", 2*GiB, "saved VM memory", "/mnt/d/VMs/web01/Virtual Machines/8D1E/8D1E.bin"),
+		f(FindUnfinishedOp, SevWarning, "", "/mnt/d", 0, "an unfinished hvsnap merge involves disks here; finish it: hvsnap merge --resume /mnt/d/VMs/web01/.hvsnap-merge-1.journal", "/mnt/d/VMs/web01/.hvsnap-merge-1.journal"),
 	}
 	r.Findings[10].Evidence = map[string]any{"vm_id": "8D1E2C3A-0000-4000-8000-000000000001", "source": "config"}
 	r.Summary = Summary{VMs: 2, Disks: len(r.Disks), DiskBytes: 67 * GiB, CheckpointBytes: 12 * GiB,

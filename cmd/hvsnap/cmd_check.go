@@ -5,6 +5,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hvsnap/hvsnap/internal/journal"
 	"github.com/hvsnap/hvsnap/vhd"
 )
 
@@ -51,6 +52,7 @@ func runCheck(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	findings = append(findings, unfinishedFindings(path, pm)...)
 	bad := false
 	for _, f := range findings {
 		if f.Severity == vhd.SevError || c.Bool("strict") {
@@ -75,4 +77,29 @@ func runCheck(c *cli.Context) error {
 		return silentExit(exitFindings)
 	}
 	return nil
+}
+
+// unfinishedFindings: a warning for each unfinished hvsnap operation (its
+// journal next to the files) that involves a file of path's chain: until
+// it is finished the chain is mid-change (other readers may reject it).
+func unfinishedFindings(path string, pm vhd.PathMap) []vhd.Finding {
+	files := []string{path}
+	if c, err := vhd.OpenChain(path, &vhd.Options{ReadOnly: true, PathMap: pm}); err == nil {
+		files = files[:0]
+		for _, l := range c.Layers {
+			files = append(files, l.Path())
+		}
+		c.Close()
+	}
+	js, err := journal.Involving(files...)
+	if err != nil {
+		return []vhd.Finding{{Code: "unfinished-operation", Severity: vhd.SevWarning, Path: path, Message: err.Error()}}
+	}
+	var out []vhd.Finding
+	for _, j := range js {
+		out = append(out, vhd.Finding{Code: "unfinished-operation", Severity: vhd.SevWarning, Path: j.Path,
+			Message: fmt.Sprintf("an unfinished hvsnap %s (started %s by pid %d on %s) involves this chain; finish it: hvsnap %s --resume %s",
+				j.Header.Op, j.Header.Started.Format("2006-01-02 15:04:05Z"), j.Header.PID, j.Header.Host, j.Header.Op, j.Path)})
+	}
+	return out
 }

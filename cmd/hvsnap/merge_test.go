@@ -428,7 +428,15 @@ func TestCLICleanupFinishesInterruptedMerge(t *testing.T) {
 	if len(js) != 1 {
 		t.Fatalf("journals: %v", js)
 	}
-	out := mustHV(t, "cleanup", "--dry-run", "--path-map", pm, root)
+	// check and space name it, with the command that finishes it.
+	code, out, _ := hv(t, "check", "--strict", "--path-map", pm, web.Leaf)
+	if code != exitFindings || !strings.Contains(out, "unfinished-operation") || !strings.Contains(out, "hvsnap merge --resume "+js[0]) {
+		t.Fatalf("check: exit %d\n%s", code, out)
+	}
+	if out := mustHV(t, "space", "--path-map", pm, root); !strings.Contains(out, "unfinished-operation") || !strings.Contains(out, "hvsnap merge --resume "+js[0]) {
+		t.Fatalf("space:\n%s", out)
+	}
+	out = mustHV(t, "cleanup", "--dry-run", "--path-map", pm, root)
 	if !strings.Contains(out, "planned     finish the interrupted merge of "+web.Leaf) || strings.Contains(out, "skipped") {
 		t.Fatalf("dry run:\n%s", out)
 	}
