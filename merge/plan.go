@@ -564,9 +564,19 @@ func (p *Plan) CheckSpace(o *Options) error {
 			sort.Slice(e.Room, func(i, j int) bool { return e.Room[i].Free > e.Room[j].Free })
 		}
 		if len(e.Room) > 0 {
-			e.Reloc = fmt.Sprintf("hvsnap relocate %s --to %s --merge", quoteArg(vmDirOf(p.Disk)), quoteArg(filepath.Join(e.Room[0].Mount, "hvsnap-relocated")))
+			var pms string
 			for _, m := range p.PathMap {
-				e.Reloc += " --path-map " + quoteArg(m)
+				pms += " --path-map " + quoteArg(m)
+			}
+			room := filepath.Join(e.Room[0].Mount, "hvsnap-relocated")
+			if dir := p.vmDir(); dir != "" {
+				e.Reloc = fmt.Sprintf("hvsnap relocate %s --to %s --merge%s", quoteArg(dir), quoteArg(room), pms)
+			} else {
+				// No VM configuration names the disk: move the chain alone.
+				name := strings.TrimSuffix(filepath.Base(p.Disk), filepath.Ext(p.Disk))
+				pkg := filepath.Join(room, name+".tar.lz4")
+				e.Reloc = fmt.Sprintf("hvsnap export%s --to %s %s && hvsnap import --to %s %s, then merge the imported copy there (no VM configuration names this disk, so hvsnap relocate does not apply)",
+					pms, quoteArg(pkg), quoteArg(p.Disk), quoteArg(filepath.Join(room, name)), quoteArg(pkg))
 			}
 		}
 		return e
@@ -589,12 +599,16 @@ func (p *Plan) totalSize() int64 {
 	return n
 }
 
-func vmDirOf(disk string) string {
-	dir := filepath.Dir(disk)
-	if strings.EqualFold(filepath.Base(dir), "Virtual Hard Disks") {
-		return filepath.Dir(dir)
+// vmDir is the folder of the VM whose configuration names the merged disk
+// (the folder holding "Virtual Machines"), "" when no VM configuration does.
+func (p *Plan) vmDir() string {
+	for _, c := range p.Configs {
+		d := filepath.Dir(c.Config)
+		if strings.EqualFold(filepath.Base(d), "Virtual Machines") {
+			return filepath.Dir(d)
+		}
 	}
-	return dir
+	return ""
 }
 
 func quoteArg(s string) string {

@@ -232,6 +232,11 @@ func TestCLIMergeNoSpace(t *testing.T) {
 	if code != exitFindings || !strings.Contains(errs, "0x80070070") || !strings.Contains(errs, vol) {
 		t.Fatalf("exit %d\n%s%s", code, out, errs)
 	}
+	// The VM's folder (its configuration names the disk) is what relocate
+	// moves, with the same path mapping.
+	if strings.Contains(errs, "volumes with room") && (!strings.Contains(errs, "hvsnap relocate "+web.Dir+" --to ") || !strings.Contains(errs, "--path-map")) {
+		t.Fatalf("relocation advice: %s", errs)
+	}
 	if got, err := storetest.ChainSHA256(web.Leaf, web.PathMap); err != nil || got != want {
 		t.Fatal("refused merge changed the chain")
 	}
