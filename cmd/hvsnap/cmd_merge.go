@@ -105,12 +105,13 @@ func runMerge(c *cli.Context) error {
 		return runMergeResume(c, o)
 	}
 	var disks []string
+	var allCfg *vm.Config // --all: the VM's configuration
 	switch {
 	case c.String("all") != "":
 		if c.NArg() > 0 || c.String("into") != "" {
 			return usagef("merge: --all takes no DISK and no --into")
 		}
-		disks, err = vmChains(c.String("all"), o)
+		disks, allCfg, err = vmChains(c.String("all"), o)
 		if err != nil {
 			return err
 		}
@@ -238,8 +239,24 @@ func runMerge(c *cli.Context) error {
 			printResult(w, res)
 		}
 	}
+	// --all merged every drive chain into its base: no merge is left
+	// pending, so the flag a deleted checkpoint left goes (as Hyper-V does;
+	// VMCX is never written).
+	var cleared []string
+	if allCfg != nil && allCfg.DiskMergePending && allCfg.Kind == vm.KindXML {
+		changed, err := vm.ClearXMLMergePending(allCfg.Path)
+		if err != nil {
+			return fmt.Errorf("merge: merged, but clearing disk_merge_pending in %s failed: %w", allCfg.Path, err)
+		}
+		if changed {
+			cleared = append(cleared, allCfg.Path)
+			if !c.Bool("json") {
+				fmt.Fprintf(w, "disk_merge_pending set to False in %s\n", allCfg.Path)
+			}
+		}
+	}
 	if c.Bool("json") {
-		return writeJSON(w, map[string]any{"schema": jsonSchema, "results": results})
+		return writeJSON(w, map[string]any{"schema": jsonSchema, "results": results, "merge_pending_cleared": cleared})
 	}
 	return nil
 }
@@ -356,29 +373,29 @@ func mergeErr(err error) error {
 
 // vmChains lists the disks the VM's configuration names (each drive's live
 // leaf).
-func vmChains(dir string, o *merge.Options) ([]string, error) {
+func vmChains(dir string, o *merge.Options) ([]string, *vm.Config, error) {
 	st, err := vm.Scan([]string{dir}, vm.ScanOptions{PathMap: o.PathMap})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(st.VMs) == 0 {
-		return nil, fmt.Errorf("merge: no VM configuration found under %s", dir)
+		return nil, nil, fmt.Errorf("merge: no VM configuration found under %s", dir)
 	}
 	if len(st.VMs) > 1 {
 		var names []string
 		for _, v := range st.VMs {
 			names = append(names, v.Config.Name)
 		}
-		return nil, fmt.Errorf("merge: %s holds %d VMs (%s): name one VM's folder", dir, len(st.VMs), strings.Join(names, ", "))
+		return nil, nil, fmt.Errorf("merge: %s holds %d VMs (%s): name one VM's folder", dir, len(st.VMs), strings.Join(names, ", "))
 	}
 	var out []string
 	for _, d := range st.VMs[0].Config.Disks {
 		if d.LocalPath == "" || !d.Exists {
-			return nil, fmt.Errorf("merge: %s: drive %s names %s, which was not found (use --path-map)", st.VMs[0].Config.Path, d.Location(), d.WindowsPath)
+			return nil, nil, fmt.Errorf("merge: %s: drive %s names %s, which was not found (use --path-map)", st.VMs[0].Config.Path, d.Location(), d.WindowsPath)
 		}
 		out = append(out, d.LocalPath)
 	}
-	return out, nil
+	return out, st.VMs[0].Config, nil
 }
 
 // baseOf returns the base of disk's chain ("" when disk is not differencing).

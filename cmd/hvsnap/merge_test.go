@@ -285,6 +285,10 @@ func TestCLIMergeAll(t *testing.T) {
 	if err != nil || cfg.Disks[0].LocalPath != web.Base {
 		t.Fatalf("config: %v %+v", err, cfg.Disks)
 	}
+	// Every chain merged: the flag the deleted checkpoints left is cleared.
+	if cfg.DiskMergePending || !strings.Contains(out, `"merge_pending_cleared": [`) || !strings.Contains(out, web.ConfigPath) {
+		t.Fatalf("disk_merge_pending %v after --all: %s", cfg.DiskMergePending, out)
+	}
 	// Nothing left: exit 0 with "nothing to merge".
 	if out := mustHV(t, "merge", "--all", web.Dir, "--yes", "--path-map", pm); !strings.Contains(out, "nothing to merge") {
 		t.Fatalf("second --all: %s", out)
