@@ -385,6 +385,9 @@ func Open(path string, opts *Options) (*Image, error) {
 	format, err := DetectFormat(f, path)
 	if err != nil {
 		f.Close()
+		if fi, serr := os.Stat(path); serr == nil && fi.IsDir() {
+			return nil, &Error{Path: path, Code: "io", Msg: "is a directory, not a disk file"}
+		}
 		return nil, err
 	}
 	var b backend

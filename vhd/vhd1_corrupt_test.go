@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -391,5 +392,20 @@ func TestV1CrashSafety(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A folder given as a disk is named as one, not as a file without a
+// signature.
+func TestOpenDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x.vhdx")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, ro := range []bool{true, false} {
+		_, err := Open(dir, &Options{ReadOnly: ro})
+		if err == nil || !strings.Contains(err.Error(), dir+": is a directory") {
+			t.Errorf("read-only %v: %v", ro, err)
+		}
 	}
 }

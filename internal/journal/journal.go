@@ -295,7 +295,7 @@ func parse(f *os.File, path string) (*Journal, int64, error) {
 		data = data[nl+1:]
 	}
 	if first {
-		return nil, 0, fmt.Errorf("%w %s: no header (the operation never started)", ErrCorrupt, path)
+		return nil, 0, fmt.Errorf("%w %s: no complete header: the operation never started (its header is written and fsynced before any change), so nothing was changed under it; remove the file to go on", ErrCorrupt, path)
 	}
 	return j, good, nil
 }
