@@ -262,7 +262,10 @@ func (r *barReporter) Start(name string, total int64) {
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionShowElapsedTimeOnFinish(),
 		progressbar.OptionThrottle(100_000_000),
-		progressbar.OptionClearOnFinish(),
+		// The last throttled frame can be well short of the end: finishing
+		// draws the full bar with the elapsed time and ends the line,
+		// instead of clearing a bar last seen at 92%.
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(r.w) }),
 	)
 }
 
