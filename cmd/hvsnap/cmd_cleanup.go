@@ -91,28 +91,44 @@ func runCleanup(c *cli.Context) error {
 	}
 	res, err := merge.Cleanup(roots, merge.CleanupOptions{PathMap: pm, OlderThan: c.Duration("older-than"), Keep: c.Int("keep"),
 		Orphans: c.Bool("orphans"), DryRun: c.Bool("dry-run"), Margin: margin, AcceptStale: c.StringSlice("accept-stale-config")}, reporter(c))
-	if err != nil {
-		return err
+	// A run stopped by an error (another cleanup running, an unreadable
+	// store) still logs and reports what it did before, and the error.
+	if res == nil {
+		res = &merge.CleanupResult{Schema: merge.PlanSchema, Roots: roots, DryRun: c.Bool("dry-run"), Actions: []merge.Action{}}
 	}
 	if lp := c.String("log"); lp != "" && !res.DryRun {
-		f, err := os.OpenFile(lp, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return fmt.Errorf("cleanup: --log: %w", err)
+		f, ferr := os.OpenFile(lp, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if ferr != nil {
+			return fmt.Errorf("cleanup: --log: %w", ferr)
 		}
 		enc := json.NewEncoder(f)
+		now := time.Now().UTC().Format(time.RFC3339)
 		for _, a := range res.Actions {
 			enc.Encode(struct {
 				Time string `json:"time"`
 				merge.Action
-			}{time.Now().UTC().Format(time.RFC3339), a})
+			}{now, a})
 		}
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("cleanup: --log: %w", err)
+		if err != nil {
+			enc.Encode(map[string]string{"time": now, "kind": "error", "status": "failed", "reason": err.Error()})
+		}
+		if ferr := f.Close(); ferr != nil {
+			return fmt.Errorf("cleanup: --log: %w", ferr)
 		}
 	}
 	w := c.App.Writer
 	if c.Bool("json") {
-		if err := writeJSON(w, res); err != nil {
+		doc := struct {
+			*merge.CleanupResult
+			Error string `json:"error,omitempty"`
+		}{CleanupResult: res}
+		if err != nil {
+			doc.Error = err.Error()
+		}
+		if jerr := writeJSON(w, doc); jerr != nil {
+			return jerr
+		}
+		if err != nil {
 			return err
 		}
 	} else {
@@ -139,6 +155,9 @@ func runCleanup(c *cli.Context) error {
 			for _, n := range a.Notes {
 				fmt.Fprintf(w, "            note: %s\n", n)
 			}
+		}
+		if err != nil {
+			return err
 		}
 		if len(res.Actions) == 0 {
 			fmt.Fprintln(w, "nothing to do")

@@ -152,10 +152,19 @@ func TestCLICleanup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, _, errs = hv(t, "cleanup", "--path-map", pm, root)
+	overlapLog := filepath.Join(t.TempDir(), "overlap.jsonl")
+	code, _, errs = hv(t, "cleanup", "--log", overlapLog, "--path-map", pm, root)
+	code2, out2, _ := hv(t, "cleanup", "--json", "--path-map", pm, root)
 	l.Release()
 	if code != exitError || !strings.Contains(errs, "another hvsnap cleanup") {
 		t.Fatalf("overlap: exit %d %s", code, errs)
+	}
+	// ... and a scheduled job's log and JSON say so too.
+	if lg, _ := os.ReadFile(overlapLog); !strings.Contains(string(lg), `"kind":"error"`) || !strings.Contains(string(lg), "another hvsnap cleanup") {
+		t.Fatalf("overlap log: %s", lg)
+	}
+	if code2 != exitError || !strings.Contains(out2, `"error": "`) || !strings.Contains(out2, "another hvsnap cleanup") {
+		t.Fatalf("overlap --json: exit %d %s", code2, out2)
 	}
 	// The real run, with a log.
 	logf := filepath.Join(t.TempDir(), "cleanup.jsonl")
