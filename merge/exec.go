@@ -126,6 +126,17 @@ func inUse(err error) error {
 // holds any file the plan would lock, taking and releasing the locks. It
 // changes nothing; a dry run uses it to predict what Run would refuse.
 func (p *Plan) ProbeLocks() error {
+	locks, err := p.lockFiles()
+	if err != nil {
+		return err
+	}
+	locks.Release()
+	return nil
+}
+
+// lockFiles locks every file of the plan that exists (an "in use" refusal
+// when another process holds one).
+func (p *Plan) lockFiles() (*lock.Set, error) {
 	var existing []string
 	for _, f := range p.files() {
 		if _, err := os.Stat(f); err == nil {
@@ -134,10 +145,9 @@ func (p *Plan) ProbeLocks() error {
 	}
 	locks, err := lock.Files(existing...)
 	if err != nil {
-		return inUse(err)
+		return nil, inUse(err)
 	}
-	locks.Release()
-	return nil
+	return locks, nil
 }
 
 // Resume finishes the merge recorded in the journal at path.
@@ -165,15 +175,9 @@ func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 			}
 		}
 	}
-	var existing []string
-	for _, f := range p.files() {
-		if _, err := os.Stat(f); err == nil {
-			existing = append(existing, f)
-		}
-	}
-	locks, err := lock.Files(existing...)
+	locks, err := p.lockFiles()
 	if err != nil {
-		return nil, inUse(err)
+		return nil, err
 	}
 	defer locks.Release()
 	j, err := journal.Open(path)

@@ -432,16 +432,7 @@ func TestCLIMergeKeep(t *testing.T) {
 func TestCLICleanupFinishesInterruptedMerge(t *testing.T) {
 	root, pm, web, _, _ := mergeStore(t)
 	want, _ := web.LiveSHA256()
-	left := 3
-	pmap, _ := vhd.ParsePathMapping(pm)
-	o := &merge.Options{PathMap: vhd.PathMap{pmap}, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}, Wrap: func(f vhd.File) vhd.File { return failAfter{f, &left} }}
-	p, err := merge.PlanMerge(web.Leaf, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := merge.Run(p, o, nil); err == nil {
-		t.Fatal("the injected failure did not stop the merge")
-	}
+	interruptMerge(t, pm, web.Leaf)
 	js, _ := merge.FindJournals(filepath.Dir(web.Base))
 	if len(js) != 1 {
 		t.Fatalf("journals: %v", js)
@@ -584,18 +575,9 @@ func TestCLIMergeAfterInterruptedMerge(t *testing.T) {
 func TestCLIExportAfterInterruptedMerge(t *testing.T) {
 	_, pm, web, _, _ := mergeStore(t)
 	want, _ := web.LiveSHA256()
-	pmap, _ := vhd.ParsePathMapping(pm)
-	left := 3
-	o := &merge.Options{PathMap: vhd.PathMap{pmap}, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}, Wrap: func(f vhd.File) vhd.File { return failAfter{f, &left} }}
-	p, err := merge.PlanMerge(web.Leaf, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := merge.Run(p, o, nil); err == nil {
-		t.Fatal("the injected failure did not stop the merge")
-	}
+	interruptMerge(t, pm, web.Leaf)
 	out := t.TempDir()
-	_, err = export.Export(web.Dir, export.Options{To: filepath.Join(out, "a"), PathMap: web.PathMap}, nil)
+	_, err := export.Export(web.Dir, export.Options{To: filepath.Join(out, "a"), PathMap: web.PathMap}, nil)
 	var be *export.BusyError
 	if !errors.As(err, &be) || !strings.Contains(err.Error(), "merge --resume") {
 		t.Fatalf("package layer: %v", err)
@@ -651,5 +633,21 @@ func TestCLIMergeRefusalsJSON(t *testing.T) {
 	}
 	if _, err := os.Stat(c); err != nil {
 		t.Fatal("a refused merge removed the child")
+	}
+}
+
+// interruptMerge starts merging disk and stops it part-way through the copy
+// (a write fails), leaving its journal, as a kill or a full disk would.
+func interruptMerge(t *testing.T, pm, disk string) {
+	t.Helper()
+	pmap, _ := vhd.ParsePathMapping(pm)
+	left := 3
+	o := &merge.Options{PathMap: vhd.PathMap{pmap}, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}, Wrap: func(f vhd.File) vhd.File { return failAfter{f, &left} }}
+	p, err := merge.PlanMerge(disk, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := merge.Run(p, o, nil); err == nil {
+		t.Fatal("the injected failure did not stop the merge")
 	}
 }
