@@ -121,25 +121,28 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 	}
 	tried := map[string]bool{} // child paths already handled (done, planned, skipped)
 	gone := map[string]bool{}  // orphans removed (or, in a dry run, to be removed)
+	resumed := false           // unfinished merges handled
 	for n := 0; n < o.MaxActions; n++ {
 		rp, err := space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.Volumes, Now: o.Now})
 		if err != nil {
 			return res, err
 		}
-		if n == 0 {
+		if !resumed {
 			// Merges an earlier run (or hvsnap merge) left unfinished are
-			// finished first: until then their disks are refused.
+			// finished first, once: until then their disks are refused.
+			resumed = true
 			js := pendingJournals(rp)
+			finished := false
 			for _, j := range js {
 				a, children := resumeAction(j, o, rep)
 				for _, c := range children {
-					tried[c] = true // finished here, or (dry run) it would be
+					tried[c] = true // finished here, skipped, or (dry run) it would be
 				}
 				count(a)
+				finished = finished || (a.Status == "done")
 			}
-			if len(js) > 0 && !o.DryRun {
-				n = -1 // analyse again: the finished merges changed the store
-				continue
+			if finished {
+				continue // analyse again: the finished merges changed the store
 			}
 		}
 		act, ok := nextAction(rp, o, tried, gone)
@@ -266,9 +269,11 @@ func pendingJournals(rp *space.Report) []string {
 func resumeAction(j string, o CleanupOptions, rep progress.Reporter) (Action, []string) {
 	a := Action{Kind: "resume", Journal: j}
 	var children []string
+	var plan *Plan
 	if jr, err := journal.Read(j); err == nil {
 		var p Plan
 		if json.Unmarshal(jr.Header.Plan, &p) == nil {
+			plan = &p
 			a.Child, a.Parent = p.Disk, p.Into
 			for _, st := range p.Steps {
 				children = append(children, st.Child)
@@ -277,6 +282,13 @@ func resumeAction(j string, o CleanupOptions, rep progress.Reporter) (Action, []
 	}
 	if o.DryRun {
 		a.Status = "planned"
+		if plan != nil {
+			// Predict Resume's refusal of disks in use (a running VM, or the
+			// merge still running in another process).
+			if err := plan.ProbeLocks(); err != nil {
+				a.Status, a.Reason = "skipped", err.Error()
+			}
+		}
 		return a, children
 	}
 	mo := &Options{PathMap: o.PathMap, Margin: o.Margin, Volumes: o.Volumes}

@@ -167,6 +167,13 @@ func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 	if err := json.Unmarshal(jr.Header.Plan, &p); err != nil || p.Schema != PlanSchema {
 		return nil, fmt.Errorf("%w %s: unreadable merge plan", journal.ErrCorrupt, path)
 	}
+	// A journal sits next to the merge's target. One found elsewhere was
+	// copied or moved with its folder: its records are about the files at
+	// the recorded paths, not the copies next to it.
+	if p.Into != "" && canon(filepath.Dir(path)) != canon(filepath.Dir(p.Into)) {
+		return nil, refused(path, "this journal records a merge into %s, in another folder: it was copied or moved with its folder and belongs to the files there (resume it there: hvsnap merge --resume %s). The copies here are as that merge left them, and read the same: remove this journal, then merge the copy's disk again with hvsnap merge",
+			p.Into, quoteArg(filepath.Dir(p.Into)))
+	}
 	if len(o.PathMap) == 0 {
 		for _, s := range p.PathMap {
 			m, err := vhd.ParsePathMapping(s)

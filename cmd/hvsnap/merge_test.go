@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -649,5 +650,82 @@ func interruptMerge(t *testing.T, pm, disk string) {
 	}
 	if _, err := merge.Run(p, o, nil); err == nil {
 		t.Fatal("the injected failure did not stop the merge")
+	}
+}
+
+// An interrupted merge whose disks are in use (the VM runs, or the merge
+// is still running elsewhere) is skipped once, in the dry run too; cleanup
+// ends (it used to try again forever).
+func TestCLICleanupInterruptedMergeInUse(t *testing.T) {
+	root, pm, web, _, _ := mergeStore(t)
+	interruptMerge(t, pm, web.Leaf)
+	l, err := lock.File(web.Base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	for _, dry := range []bool{true, false} {
+		args := []string{"cleanup", "--path-map", pm, root}
+		if dry {
+			args = []string{"cleanup", "--dry-run", "--path-map", pm, root}
+		}
+		type ran struct {
+			code      int
+			out, errs string
+		}
+		done := make(chan ran, 1)
+		go func() {
+			code, out, errs := hv(t, args...)
+			done <- ran{code, out, errs}
+		}()
+		select {
+		case r := <-done:
+			if r.code != exitNothing || strings.Count(r.out, "skipped     finish the interrupted merge of "+web.Leaf) != 1 || !strings.Contains(r.out, "in use") {
+				t.Fatalf("dry run %v: exit %d\n%s%s", dry, r.code, r.out, r.errs)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("dry run %v: cleanup did not end", dry)
+		}
+	}
+}
+
+// A store copied with an unfinished journal: the copy's journal names the
+// original files, so it is refused where it was copied to (it once
+// finished the merge on the original files, outside the root given).
+func TestCLICopiedJournalIsNotResumed(t *testing.T) {
+	root, pm, web, _, _ := mergeStore(t)
+	interruptMerge(t, pm, web.Leaf)
+	js, _ := merge.FindJournals(filepath.Dir(web.Base))
+	if len(js) != 1 {
+		t.Fatalf("journals %v", js)
+	}
+	cp := filepath.Join(t.TempDir(), "VMs")
+	if out, err := exec.Command("cp", "-a", root, cp).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	want, _ := web.LiveSHA256()
+	// cleanup of the copy: the journal is skipped with the reason, and the
+	// copy's chain (as the interrupted merge left it, reading the same) is
+	// merged anew.
+	code, out, errs := hv(t, "cleanup", "--path-map", storetest.WindowsRoot+"="+cp, cp)
+	copyBase := filepath.Join(cp, "web", "Virtual Hard Disks", filepath.Base(web.Base))
+	if code != exitOK || !strings.Contains(out, "copied or moved") || !strings.Contains(out, "done        merge "+filepath.Join(cp, "web", "Virtual Hard Disks", filepath.Base(web.Leaf))) {
+		t.Fatalf("cleanup of the copy: exit %d\n%s%s", code, out, errs)
+	}
+	if got, err := storetest.ChainSHA256(copyBase, nil); err != nil || got != want {
+		t.Fatalf("the copy's merged content: %v", err)
+	}
+	if code, _, errs := hv(t, "merge", "--resume", filepath.Join(cp, "web", "Virtual Hard Disks")); code != exitError || !strings.Contains(errs, "copied or moved") {
+		t.Fatalf("merge --resume in the copy: exit %d %s", code, errs)
+	}
+	if _, err := os.Stat(web.Leaf); err != nil {
+		t.Fatalf("the original's leaf was merged from the copy: %v", err)
+	}
+	if _, err := os.Stat(js[0]); err != nil {
+		t.Fatalf("the original's journal: %v", err)
+	}
+	mustHV(t, "merge", "--resume", filepath.Dir(web.Base))
+	if _, err := os.Stat(web.Leaf); !os.IsNotExist(err) {
+		t.Fatal("the original's merge was not finished in place")
 	}
 }
