@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hvsnap/hvsnap/internal/fsutil"
 	"github.com/hvsnap/hvsnap/internal/journal"
@@ -721,7 +722,11 @@ func repoint(ss stepState, st *Step, o *Options) error {
 			ss.j.Note(ss.key+"repoint", map[string]string{"skipped": gc, "why": "file no longer exists"})
 			continue
 		}
-		if err := pointAt(gc, pim, o); err != nil {
+		var mt time.Time
+		if ns, ok := st.ChildrenModTime[gc]; ok {
+			mt = time.Unix(0, ns)
+		}
+		if err := pointAt(gc, pim, o, mt); err != nil {
 			return err
 		}
 		o.hook(fmt.Sprintf("%srepoint-child:%d", ss.key, n))
@@ -734,12 +739,17 @@ func repoint(ss stepState, st *Step, o *Options) error {
 // and timestamp), flushed. Repeating it changes nothing.
 //
 // A VHD child records its parent's modification time (and hvsnap check,
-// like Windows, compares it), so the re-pointed disk keeps its own: its
-// data is unchanged, and its children's links stay exact.
-func pointAt(disk string, pim *vhd.Image, o *Options) error {
+// like Windows, compares it), so the re-pointed disk keeps its own — mtime
+// when given (recorded at planning, so that a repeated re-point restores
+// the original), else its current one: its data is unchanged, and its
+// children's links stay exact.
+func pointAt(disk string, pim *vhd.Image, o *Options, mtime time.Time) error {
 	fi, err := os.Stat(disk)
 	if err != nil {
 		return err
+	}
+	if mtime.IsZero() {
+		mtime = fi.ModTime()
 	}
 	im, err := vhd.Open(disk, &vhd.Options{PathMap: o.PathMap, Wrap: o.Wrap})
 	if err != nil {
@@ -757,7 +767,8 @@ func pointAt(disk string, pim *vhd.Image, o *Options) error {
 		err = cerr
 	}
 	if err == nil && isVHD {
-		err = os.Chtimes(disk, fi.ModTime(), fi.ModTime())
+		o.hook("repointed:" + filepath.Base(disk)) // rewritten, time not yet restored
+		err = os.Chtimes(disk, mtime, mtime)
 	}
 	return err
 }
@@ -771,5 +782,5 @@ func keepChild(st *Step, o *Options) error {
 		return err
 	}
 	defer pim.Close()
-	return pointAt(st.Child, pim, o)
+	return pointAt(st.Child, pim, o, time.Time{})
 }

@@ -142,6 +142,10 @@ type Step struct {
 	ChildVolume  string `json:"child_volume"`
 	// Children of Child, re-pointed to Parent after the copy.
 	Children []string `json:"children"`
+	// ChildrenModTime: each child's modification time (Unix nanoseconds)
+	// when planned; a re-pointed VHD gets it back (its own children record
+	// it as their parent's time), also when a resume repeats the re-point.
+	ChildrenModTime map[string]int64 `json:"children_mtime,omitempty"`
 	// NewDataWriteGUID: the parent's DataWriteGuid after the merge (VHDX).
 	NewDataWriteGUID string `json:"new_data_write_guid,omitempty"`
 }

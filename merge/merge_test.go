@@ -706,34 +706,13 @@ func TestMergeRefusesDamagedChild(t *testing.T) {
 		{"c.avhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, BlockSize: 1 * MiB}, 20, false},
 	}, 5)
 	child := paths[1]
-	// BAT entry 1 (the BAT is at 3 MiB in files hvsnap writes): fully
-	// present, at the file offset of the first payload block.
-	f, err := os.OpenFile(child, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var e [8]byte
-	if _, err := f.ReadAt(e[:], 3*MiB); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(e[:], 3*MiB+8); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	damaged := false
-	fs, _ := vhd.Check(child, nil)
-	for _, f := range fs {
-		damaged = damaged || f.Severity == vhd.SevError
-	}
-	if !damaged || e[0]&7 != 6 {
-		t.Fatalf("the damage was not made (entry 0 %x, check %v)", e, fs)
-	}
+	damageBAT(t, child)
 	before := map[string]string{}
 	for _, p := range paths {
 		b, _ := os.ReadFile(p)
 		before[p] = sha(b)
 	}
-	_, err = PlanMerge(child, &Options{Volumes: bigVolumes, Roots: []string{dir}})
+	_, err := PlanMerge(child, &Options{Volumes: bigVolumes, Roots: []string{dir}})
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), child) {
 		t.Fatalf("merge of a damaged child: %v", err)
 	}
@@ -746,7 +725,8 @@ func TestMergeRefusesDamagedChild(t *testing.T) {
 
 // Merging a middle VHD re-points its child, whose own child records the
 // re-pointed disk's modification time: that time is kept, so the
-// grandchild's link stays exact (no parent-timestamp warning).
+// grandchild's link stays exact (no parent-timestamp warning), also when
+// the merge is stopped mid-re-point and resumed.
 func TestMergeMiddleVHDKeepsTimestamps(t *testing.T) {
 	dir := t.TempDir()
 	v := func(typ vhd.DiskType) vhd.CreateSpec {
@@ -771,12 +751,30 @@ func TestMergeMiddleVHDKeepsTimestamps(t *testing.T) {
 		t.Fatalf("before the merge: %v", w)
 	}
 	time.Sleep(1100 * time.Millisecond) // VHD timestamps are in seconds
-	o := &Options{Volumes: bigVolumes, Roots: []string{dir}}
+	// Stopped right after d2 was rewritten, before its time was restored,
+	// then resumed: the resume restores the time recorded in the plan.
+	stop := true
+	o := &Options{Volumes: bigVolumes, Roots: []string{dir}, Hook: func(pt string) {
+		if stop && pt == "repointed:d2.avhd" {
+			stop = false
+			panic("stop")
+		}
+	}}
 	p, err := PlanMerge(paths[1], o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Run(p, o, nil); err != nil {
+	func() {
+		defer func() { recover() }()
+		Run(p, o, nil)
+		t.Fatal("the hook did not stop the merge")
+	}()
+	time.Sleep(1100 * time.Millisecond)
+	js, _ := FindJournals(dir)
+	if len(js) != 1 {
+		t.Fatalf("journals: %v", js)
+	}
+	if _, err := Resume(js[0], o, nil); err != nil {
 		t.Fatal(err)
 	}
 	if w := timestampWarnings(); len(w) > 0 {
@@ -784,5 +782,55 @@ func TestMergeMiddleVHDKeepsTimestamps(t *testing.T) {
 	}
 	if got := chainBytes(t, paths[3]); !bytes.Equal(got, models[3].data) {
 		t.Fatalf("d3's view changed at %d", firstDiff(got, models[3].data))
+	}
+}
+
+// damageBAT copies the first fully present BAT entry of a small VHDX
+// hvsnap wrote (its BAT is at 3 MiB) over the next entry: two blocks at one
+// offset, an error for hvsnap check.
+func damageBAT(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bat := make([]byte, 8*32)
+	if _, err := f.ReadAt(bat, 3*MiB); err != nil {
+		t.Fatal(err)
+	}
+	var e []byte
+	for i := 0; i+1 < 32; i++ {
+		if bat[8*i]&7 == 6 {
+			e = bat[8*i : 8*i+8]
+			if _, err := f.WriteAt(e, 3*MiB+int64(8*(i+1))); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	f.Close()
+	damaged := false
+	fs, _ := vhd.Check(path, nil)
+	for _, f := range fs {
+		damaged = damaged || (f.Severity == vhd.SevError && f.Path == path)
+	}
+	if !damaged {
+		t.Fatalf("the damage was not made (entry %x, check %v)", e, fs)
+	}
+}
+
+// A damaged child of the merged disk (re-pointed by the merge) is refused
+// too: its parent link would be rewritten.
+func TestMergeRefusesDamagedGrandchild(t *testing.T) {
+	dir := t.TempDir()
+	paths, _ := buildChain(t, dir, []layerSpec{
+		{"base.vhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 32 * MiB, BlockSize: 1 * MiB}, 4, false},
+		{"c.avhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, BlockSize: 1 * MiB}, 8, false},
+		{"gc.avhdx", vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, BlockSize: 1 * MiB}, 20, false},
+	}, 6)
+	damageBAT(t, paths[2])
+	_, err := PlanMerge(paths[1], &Options{Volumes: bigVolumes, Roots: []string{dir}})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), paths[2]) {
+		t.Fatalf("merge with a damaged grandchild: %v", err)
 	}
 }

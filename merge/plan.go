@@ -178,7 +178,7 @@ func staleWhy(c *vm.Config) string {
 // staleNote is the plan note for an accepted possibly-stale configuration.
 func staleNote(v *vm.VM, c *vm.Config) string {
 	name := strings.ReplaceAll(v.Config.Name, "'", "''")
-	return fmt.Sprintf("%s may lack its last changes (%s); going on as asked (--accept-stale-config): a checkpoint or drive recorded only in those changes is not protected (--keep leaves the merged file in place, still a valid child), and configuration updates are computed from what could be read. On the host, before starting the VM, check what it uses: Get-VMHardDiskDrive -VMName '%s'; Get-VMSnapshot -VMName '%s' | Get-VMHardDiskDrive", c.Path, staleWhy(c), name, name)
+	return fmt.Sprintf("%s may lack its last changes (%s); going on as asked (--accept-stale-config): a checkpoint or drive recorded only in those changes is not protected, and configuration updates are computed from what could be read. On the host, before starting the VM, check what it uses: Get-VMHardDiskDrive -VMName '%s'; Get-VMSnapshot -VMName '%s' | Get-VMHardDiskDrive", c.Path, staleWhy(c), name, name)
 }
 
 // configUse is one configuration naming a disk.
@@ -345,10 +345,36 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 		}
 		kids[target0] = append([]string(nil), kids[c]...)
 		step := Step{Child: c, Parent: target0, Children: append([]string{}, kids[c]...)}
+		for _, gc := range step.Children {
+			if fi, err := os.Stat(gc); err == nil {
+				if step.ChildrenModTime == nil {
+					step.ChildrenModTime = map[string]int64{}
+				}
+				step.ChildrenModTime[gc] = fi.ModTime().UnixNano()
+			}
+		}
 		delete(kids, c)
 		p.Steps = append(p.Steps, step)
 	}
 
+	// The disks re-pointed along the way (the merged disks' children) are
+	// rewritten too: damage in them is refused like damage in the chain.
+	for _, st := range p.Steps {
+		for _, c := range st.Children {
+			if contains(layers, c) {
+				continue
+			}
+			fs, err := vhd.Check(c, &vhd.Options{ReadOnly: true, PathMap: o.PathMap})
+			if err != nil {
+				return nil, fmt.Errorf("merge: check %s: %w", c, err)
+			}
+			for _, f := range fs {
+				if f.Severity == vhd.SevError && f.Path == c {
+					return nil, refused(c, "damaged: %s (%s); the merge would rewrite its parent link. Nothing was changed; see hvsnap check %s, and copy it aside before any repair", f.Message, f.Code, quoteArg(c))
+				}
+			}
+		}
+	}
 	if o.Keep && len(p.Steps) > 1 {
 		return nil, refused(disk, "--keep works for a single step: a kept disk would no longer match its parent once the next disk is merged into it")
 	}
@@ -361,12 +387,10 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 		if u.checkpoint && u.cfg.Kind != vm.KindXML {
 			// hvsnap never writes VMCX, and no cmdlet changes a checkpoint's
 			// disk (Set-VMHardDiskDrive -VMName would re-point the running VM).
-			if !o.Keep {
-				return nil, refused(layers[0], "checkpoint %q (%s, %s) is a VMCX configuration that names this disk: hvsnap does not write VMCX and Hyper-V has no command to re-point a checkpoint's disk, so removing the disk would break the checkpoint. Delete the checkpoint in Hyper-V first, or merge with --keep (the file stays, still a valid child reading the same, so the checkpoint keeps working)",
-					u.cfg.Name, u.cfg.Path, u.drive.Location())
-			}
-			p.Notes = append(p.Notes, fmt.Sprintf("checkpoint %q (%s) names %s and keeps naming it: the kept file stays a valid child of %s", u.cfg.Name, u.cfg.Path, layers[0], target0))
-			continue
+			// Keeping the file does not help: the VM then writes into the
+			// parent, which the kept file reads through.
+			return nil, refused(layers[0], "checkpoint %q (%s, %s) is a VMCX configuration that names this disk: hvsnap does not write VMCX and Hyper-V has no command to re-point a checkpoint's disk, so the merge would break the checkpoint. Delete the checkpoint in Hyper-V first (its merge is then pending and hvsnap can run it)",
+				u.cfg.Name, u.cfg.Path, u.drive.Location())
 		}
 		cc := ConfigChange{Config: u.cfg.Path, Kind: u.cfg.Kind, VM: u.vmName, Drive: u.drive.Location(), OldPath: u.drive.WindowsPath}
 		cc.NewPath = newWindowsPath(u.drive.WindowsPath, layers[0], target0, o.PathMap)
