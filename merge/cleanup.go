@@ -150,7 +150,7 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 			break
 		}
 		tried[act.Child] = true
-		runAction(&act, roots, o, rep)
+		runAction(&act, roots, o, rep, gone)
 		if act.Kind == "remove-orphan" && (act.Status == "done" || act.Status == "planned") {
 			gone[act.Child] = true
 		}
@@ -387,20 +387,21 @@ func identity(path string, pm vhd.PathMap) (int64, string) {
 	return fileSize(path), im.Info().Identity().String()
 }
 
-func runAction(a *Action, roots []string, o CleanupOptions, rep progress.Reporter) {
+func runAction(a *Action, roots []string, o CleanupOptions, rep progress.Reporter, gone map[string]bool) {
 	a.ChildSize, a.ChildID = identity(a.Child, o.PathMap)
 	switch a.Kind {
 	case "remove-orphan":
 		a.Freed = allocatedBytes(a.Child)
-		if o.DryRun {
-			a.Status = "planned"
-			return
-		}
-		if err := removeOrphan(a.Child, roots, o.PathMap); err != nil {
+		// A dry run makes the same checks (lock, journals, configurations,
+		// dependents) and stops before the removal.
+		if err := removeOrphan(a.Child, roots, o.PathMap, o.DryRun, gone); err != nil {
 			a.Status, a.Reason = "skipped", err.Error()
 			return
 		}
 		a.Status = "done"
+		if o.DryRun {
+			a.Status = "planned"
+		}
 	case "merge":
 		a.ParentSizeBefore, a.ParentIDBefore = identity(a.Parent, o.PathMap)
 		mo := &Options{PathMap: o.PathMap, Into: a.Parent, Roots: roots, Margin: o.Margin, Volumes: o.Volumes, AcceptStale: o.AcceptStale}
@@ -442,8 +443,9 @@ func runAction(a *Action, roots []string, o CleanupOptions, rep progress.Reporte
 }
 
 // removeOrphan removes a differencing leaf nothing depends on, under a lock
-// and after re-checking that no disk names it as parent.
-func removeOrphan(path string, roots []string, pm vhd.PathMap) error {
+// and after re-checking that no disk names it as parent (dryRun: only the
+// checks).
+func removeOrphan(path string, roots []string, pm vhd.PathMap, dryRun bool, gone map[string]bool) error {
 	l, err := lock.File(path)
 	if err != nil {
 		return inUse(err)
@@ -464,13 +466,22 @@ func removeOrphan(path string, roots []string, pm vhd.PathMap) error {
 		return err
 	}
 	c := canon(path)
-	if kids := append(st.Children[c], st.Broken[c]...); len(kids) > 0 {
+	var kids []string
+	for _, k := range append(st.Children[c], st.Broken[c]...) {
+		if !gone[k] { // (a dry run's) removals before this one
+			kids = append(kids, k)
+		}
+	}
+	if len(kids) > 0 {
 		return refused(path, "other disks depend on it: %v", kids)
 	}
 	if uses := st.uses(c); len(uses) > 0 {
 		return refused(path, "a configuration names it: %s", uses[0].cfg.Path)
 	}
 	l.Release()
+	if dryRun {
+		return nil
+	}
 	if err := os.Remove(path); err != nil {
 		return err
 	}
