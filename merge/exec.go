@@ -135,6 +135,21 @@ func (p *Plan) ProbeLocks() error {
 	return nil
 }
 
+// ProbeJournal reports whether the merge recorded in the journal at path
+// could be resumed now: an "in use" refusal when another process holds its
+// files (it is still running there, or a VM holds them). It changes nothing.
+func ProbeJournal(path string) error {
+	jr, err := journal.Read(path)
+	if err != nil {
+		return err
+	}
+	var p Plan
+	if err := json.Unmarshal(jr.Header.Plan, &p); err != nil || p.Schema != PlanSchema {
+		return fmt.Errorf("%w %s: unreadable merge plan", journal.ErrCorrupt, path)
+	}
+	return p.ProbeLocks()
+}
+
 // lockFiles locks every file of the plan that exists (an "in use" refusal
 // when another process holds one).
 func (p *Plan) lockFiles() (*lock.Set, error) {
@@ -205,7 +220,8 @@ func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 }
 
 // FindJournals lists the unfinished merge journals for a path: a journal
-// file itself, the journals in a folder, or those naming a disk.
+// file itself, the journals in a folder and its subfolders, or those naming
+// a disk.
 func FindJournals(path string) ([]string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -216,7 +232,23 @@ func FindJournals(path string) ([]string, error) {
 	}
 	var cands []string
 	if fi.IsDir() {
-		cands, err = journal.Find(path)
+		// The folder and the folders below it (a VM folder: its journals
+		// sit in "Virtual Hard Disks"); unreadable folders are passed over.
+		err = filepath.WalkDir(path, func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				if p == path {
+					return err
+				}
+				return filepath.SkipDir
+			}
+			if d.IsDir() {
+				js, err := journal.Find(p)
+				if err == nil {
+					cands = append(cands, js...)
+				}
+			}
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}

@@ -1059,20 +1059,9 @@ func (s *stepper) merges(p *Plan, rep progress.Reporter) error {
 			Hook: func(pt string) { o.hook("merge " + pt) }}
 	}
 	for round := 0; round < 64; round++ {
-		var js []string
-		var dirs []string
-		filepath.Walk(p.TargetVM, func(q string, fi os.FileInfo, err error) error {
-			if err == nil && fi.IsDir() {
-				dirs = append(dirs, q)
-			}
-			return nil
-		})
-		for _, d := range dirs {
-			found, err := merge.FindJournals(d)
-			if err != nil {
-				return fmt.Errorf("relocate: %w", err)
-			}
-			js = append(js, found...)
+		js, err := merge.FindJournals(p.TargetVM) // the folder and those below
+		if err != nil {
+			return fmt.Errorf("relocate: %w", err)
 		}
 		for _, jp := range js {
 			o.log("finishing the interrupted merge recorded in %s", jp)

@@ -67,8 +67,48 @@ Examples:
 			acceptStaleFlag,
 			pathMapFlag, jsonFlag,
 		},
-		Action: runMerge,
+		Action: withJSONRefusal(runMerge),
 	}
+}
+
+// withJSONRefusal: with --json, a run that fails before writing its
+// document writes one naming the failure ("refused": merge's refusals,
+// lack of space, unfinished operations, disks in use; "error": anything
+// else), so standard output is always one JSON document. Usage errors stay
+// plain.
+func withJSONRefusal(run cli.ActionFunc) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if !c.Bool("json") {
+			return run(c)
+		}
+		cw := &byteCounter{w: c.App.Writer}
+		c.App.Writer = cw
+		err := run(c)
+		c.App.Writer = cw.w
+		var ee *exitErr
+		if err == nil || cw.n > 0 || (errors.As(err, &ee) && ee.code == exitUsage) {
+			return err
+		}
+		key := "error"
+		if errors.Is(err, merge.ErrRefused) || errors.Is(err, merge.ErrBusy) || errors.Is(err, merge.ErrNoSpace) {
+			key = "refused"
+		}
+		if jerr := writeJSON(cw.w, map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, key: errorLine(err)}); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+}
+
+type byteCounter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *byteCounter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // acceptStaleFlag lets merge and cleanup go on past a VMCX configuration
@@ -126,7 +166,8 @@ func runMerge(c *cli.Context) error {
 		disks = []string{d}
 	}
 	var plans []*merge.Plan
-	var resumedAll []string // disks the interrupted merges finished had merged
+	resumedAll := []string{} // disks the interrupted merges finished had merged
+	pending := []string{}    // dry run: journals the real run would finish first
 	for _, d := range disks {
 		oo := *o
 		if c.String("all") != "" {
@@ -140,6 +181,14 @@ func runMerge(c *cli.Context) error {
 			oo.Into = base
 		}
 		p, finished, err := planWithResume(c, d, &oo)
+		var pd *pendingDry
+		if errors.As(err, &pd) {
+			pending = append(pending, pd.journals...)
+			if !c.Bool("json") {
+				fmt.Fprintf(c.App.Writer, "%v\n", pd)
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -152,7 +201,15 @@ func runMerge(c *cli.Context) error {
 	w := c.App.Writer
 	if len(plans) == 0 {
 		if c.Bool("json") {
-			return writeJSON(w, map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, "nothing_to_do": true, "merged_by_resume": resumedAll})
+			doc := map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, "nothing_to_do": len(resumedAll) == 0 && len(pending) == 0, "merged_by_resume": resumedAll}
+			if c.Bool("dry-run") {
+				doc["dry_run"], doc["pending_journals"] = true, pending
+			}
+			return writeJSON(w, doc)
+		}
+		if len(pending) > 0 {
+			fmt.Fprintln(w, "dry run: nothing was changed")
+			return nil
 		}
 		if len(resumedAll) > 0 {
 			fmt.Fprintf(w, "%s: merged by the interrupted merge just finished; nothing left to do\n", strings.Join(resumedAll, ", "))
@@ -184,7 +241,7 @@ func runMerge(c *cli.Context) error {
 	}
 	if c.Bool("dry-run") {
 		if c.Bool("json") {
-			doc := map[string]any{"schema": jsonSchema, "dry_run": true, "plans": plans}
+			doc := map[string]any{"schema": jsonSchema, "dry_run": true, "plans": plans, "pending_journals": pending}
 			if refusal != nil {
 				doc["refused"] = errorLine(refusal)
 			}
@@ -266,9 +323,19 @@ func runMerge(c *cli.Context) error {
 // to plan).
 func planWithResume(c *cli.Context, disk string, o *merge.Options) (p *merge.Plan, finished bool, err error) {
 	if c.Bool("dry-run") {
-		// A dry run changes nothing: an interrupted merge is named (with its
-		// resume command) by PlanMerge's refusal, not finished.
+		// A dry run changes nothing: an interrupted merge of these disks is
+		// named (the real run finishes it first), not finished.
 		p, err := merge.PlanMerge(disk, o)
+		if err != nil && errors.Is(err, merge.ErrBusy) {
+			if js, ferr := merge.FindJournals(disk); ferr == nil && len(js) > 0 {
+				for _, j := range js {
+					if perr := merge.ProbeJournal(j); perr != nil {
+						return nil, false, fmt.Errorf("merge: the merge recorded in %s is not finished and its disks are in use (still running in another process, or a VM holds them): %w", j, perr)
+					}
+				}
+				return nil, false, &pendingDry{disk: disk, journals: js}
+			}
+		}
 		return p, false, mergeErr(err)
 	}
 	if _, serr := os.Stat(disk); os.IsNotExist(serr) {
@@ -307,6 +374,17 @@ func planWithResume(c *cli.Context, disk string, o *merge.Options) (p *merge.Pla
 		return nil, false, mergeErr(err)
 	}
 	return p, false, nil
+}
+
+// pendingDry: in a dry run, an interrupted merge of the disk that the real
+// run would finish first (the plan can only be made after it).
+type pendingDry struct {
+	disk     string
+	journals []string
+}
+
+func (e *pendingDry) Error() string {
+	return fmt.Sprintf("%s: the interrupted merge recorded in %s would be finished first (as hvsnap merge --resume does); plan again after it", e.disk, strings.Join(e.journals, ", "))
 }
 
 // finishJournal finishes the interrupted merge recorded in j; one whose

@@ -551,9 +551,21 @@ func TestCLIMergeAfterInterruptedMerge(t *testing.T) {
 				t.Fatalf("leaf after the stop at %s: %v", when, err)
 			}
 			if when == "copy" {
-				code, _, errs := hv(t, "merge", "--dry-run", "--path-map", pm, web.Leaf)
-				if code != exitError || !strings.Contains(errs, "merge --resume "+js[0]) {
-					t.Fatalf("dry run: exit %d %s", code, errs)
+				// The dry run says the real run finishes it first, and
+				// changes nothing; with --json it lists the journal.
+				code, out, errs := hv(t, "merge", "--dry-run", "--path-map", pm, web.Leaf)
+				if code != exitOK || !strings.Contains(out, js[0]+" would be finished first") {
+					t.Fatalf("dry run: exit %d %s%s", code, out, errs)
+				}
+				out = mustHV(t, "merge", "--dry-run", "--json", "--path-map", pm, web.Leaf)
+				var doc struct {
+					Pending []string `json:"pending_journals"`
+				}
+				if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.Pending) != 1 || doc.Pending[0] != js[0] {
+					t.Fatalf("dry run --json: %v %s", err, out)
+				}
+				if _, err := os.Stat(js[0]); err != nil {
+					t.Fatalf("the dry run finished the merge: %v", err)
 				}
 			}
 			code, out, errs := hv(t, "merge", "--yes", "--path-map", pm, web.Leaf)
@@ -628,7 +640,15 @@ func TestCLIMergeRefusalsJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errs := hv(t, "merge", "--dry-run", c)
+	// The real run refused for a disk in use: a JSON document too.
+	code2, out2, _ := hv(t, "merge", "--yes", "--json", c)
 	l.Release()
+	var doc struct {
+		Refused string `json:"refused"`
+	}
+	if err := json.Unmarshal([]byte(out2), &doc); err != nil || code2 != exitError || !strings.Contains(doc.Refused, "in use") {
+		t.Fatalf("--json, disk in use: exit %d, %v %s", code2, err, out2)
+	}
 	if code != exitError || !strings.Contains(out, "would be refused now") || !strings.Contains(errs, "in use") {
 		t.Fatalf("dry run, disk in use: exit %d\n%s%s", code, out, errs)
 	}
@@ -724,7 +744,8 @@ func TestCLICopiedJournalIsNotResumed(t *testing.T) {
 	if _, err := os.Stat(js[0]); err != nil {
 		t.Fatalf("the original's journal: %v", err)
 	}
-	mustHV(t, "merge", "--resume", filepath.Dir(web.Base))
+	// --resume of the store's root finds it in the VM's disk folder below.
+	mustHV(t, "merge", "--resume", root)
 	if _, err := os.Stat(web.Leaf); !os.IsNotExist(err) {
 		t.Fatal("the original's merge was not finished in place")
 	}
