@@ -156,7 +156,7 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 		}
 		count(act)
 	}
-	if !o.DryRun && res.Done > 0 {
+	if !o.DryRun {
 		if err := clearFlags(roots, o, res); err != nil {
 			return res, err
 		}
@@ -165,10 +165,12 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 }
 
 // clearFlags sets disk_merge_pending to False in the XML configuration of
-// every VM this run merged for whose chains no pending merge is left (as
-// Hyper-V does once it has merged; VMCX files are never written: Hyper-V
-// clears the flag itself when it next opens the VM). Each change is an
-// action of kind "clear-flag".
+// every VM whose chains have no pending merge left (as Hyper-V does once it
+// has merged; VMCX files are never written: Hyper-V clears the flag itself
+// when it next opens the VM): the VMs this run merged for, and VMs whose
+// flag is stale (an earlier hvsnap merge ran the merge) when nothing about
+// their disks is in doubt (no missing, broken, unreadable or half-merged
+// disk). Each change is an action of kind "clear-flag".
 func clearFlags(roots []string, o CleanupOptions, res *CleanupResult) error {
 	merged := map[string]bool{}
 	for _, a := range res.Actions {
@@ -184,13 +186,23 @@ func clearFlags(roots []string, o CleanupOptions, res *CleanupResult) error {
 		return err
 	}
 	pending := map[string]bool{}
+	doubt := map[string]bool{}
 	for _, f := range rp.Findings {
-		if f.Code == space.FindMergePending && f.Evidence["source"] == "chain" {
-			pending[f.VM] = true
+		switch f.Code {
+		case space.FindMergePending:
+			if f.Evidence["source"] == "chain" {
+				pending[f.VM] = true
+			}
+		case space.FindMissingDisk, space.FindMissingParent, space.FindLinkageMismatch, space.FindUnreadableDisk, space.FindExpandedParent:
+			doubt[f.VM] = true
 		}
 	}
+	unfinished := len(pendingJournals(rp)) > 0
 	for _, v := range rp.VMs {
-		if !v.DiskMergePending || v.ConfigKind != vm.KindXML || pending[v.Name] || !(merged[v.Name] || merged[""]) {
+		if !v.DiskMergePending || v.ConfigKind != vm.KindXML || pending[v.Name] {
+			continue
+		}
+		if !(merged[v.Name] || merged[""]) && (doubt[v.Name] || doubt[""] || unfinished) {
 			continue
 		}
 		a := Action{Kind: "clear-flag", VM: v.Name, Child: v.ConfigPath}
@@ -198,6 +210,7 @@ func clearFlags(roots []string, o CleanupOptions, res *CleanupResult) error {
 			a.Status, a.Reason = "failed", err.Error()
 		} else if changed {
 			a.Status = "done"
+			res.Done++
 		} else {
 			continue
 		}

@@ -109,6 +109,14 @@ func TestCLIMerge(t *testing.T) {
 	if out := mustHV(t, "merge", "--resume", root); !strings.Contains(out, "no interrupted merge") {
 		t.Fatalf("resume with nothing to do: %s", out)
 	}
+	// The merge left web's disk_merge_pending set (a single merge does not
+	// know it was the last); cleanup finds nothing to merge and clears it.
+	if out := mustHV(t, "cleanup", "--path-map", pm, root); !strings.Contains(out, "disk_merge_pending set to False in "+web.ConfigPath) {
+		t.Fatalf("cleanup after the merge:\n%s", out)
+	}
+	if code, _, _ := hv(t, "cleanup", "--path-map", pm, root); code != exitNothing {
+		t.Fatalf("second cleanup: exit %d", code)
+	}
 	// Usage errors.
 	if code, _, _ := hv(t, "merge"); code != exitUsage {
 		t.Fatalf("merge without DISK: exit %d", code)
