@@ -112,6 +112,10 @@ type Diagnosis struct {
 	Roots       []string     `json:"roots"`
 	Worst       string       `json:"worst"` // "ok", "info", "warning", "critical"
 	Detections  []*Detection `json:"detections"`
+	// Unfinished: hvsnap operations left unfinished in the store (their
+	// journals), each with its resume command: finish them before following
+	// any plan, whose merges are refused until then.
+	Unfinished []string `json:"unfinished_operations"`
 	// Report is the space model the detections come from.
 	Report *space.Report `json:"-"`
 }
@@ -181,7 +185,12 @@ func FromReport(rep *space.Report, o Options) *Diagnosis {
 	}
 	d.run()
 	dg := &Diagnosis{Schema: Schema, GeneratedAt: rep.GeneratedAt, Roots: rep.Roots, Worst: "ok",
-		Detections: append([]*Detection{}, d.out...), Report: rep}
+		Detections: append([]*Detection{}, d.out...), Unfinished: []string{}, Report: rep}
+	for _, f := range rep.Findings {
+		if f.Code == space.FindUnfinishedOp {
+			dg.Unfinished = append(dg.Unfinished, f.Message)
+		}
+	}
 	order := map[string]int{}
 	for i, c := range Catalog() {
 		order[c.ID] = i

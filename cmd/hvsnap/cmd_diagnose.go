@@ -198,6 +198,15 @@ func runDiagnose(c *cli.Context) error {
 
 func writeDiagnosis(w io.Writer, dg *scenarios.Diagnosis) {
 	fmt.Fprintf(w, "hvsnap diagnose: %s\n", strings.Join(dg.Roots, " "))
+	if len(dg.Unfinished) > 0 {
+		fmt.Fprintf(w, "\nunfinished hvsnap operations — finish them first (until then their disks are mid-change and refused):\n")
+		for _, u := range dg.Unfinished {
+			fmt.Fprintf(w, "  - %s\n", u)
+		}
+	}
+	if len(dg.Detections) == 0 && len(dg.Unfinished) > 0 {
+		return
+	}
 	if len(dg.Detections) == 0 {
 		fmt.Fprintf(w, "\nnothing to report: no paused-critical risk, pending or impossible merge, broken chain, expanded parent,\nold or deep checkpoints, saved state or orphaned disk (%d VMs, %d disks)\n", dg.Report.Summary.VMs, dg.Report.Summary.Disks)
 		return

@@ -454,6 +454,9 @@ func TestCLICleanupFinishesInterruptedMerge(t *testing.T) {
 	if out := mustHV(t, "space", "--path-map", pm, root); !strings.Contains(out, "unfinished-operation") || !strings.Contains(out, "hvsnap merge --resume "+js[0]) {
 		t.Fatalf("space:\n%s", out)
 	}
+	if out := mustHV(t, "diagnose", "--path-map", pm, root); !strings.Contains(out, "unfinished hvsnap operations") || !strings.Contains(out, "hvsnap merge --resume "+js[0]) {
+		t.Fatalf("diagnose:\n%s", out)
+	}
 	out = mustHV(t, "cleanup", "--dry-run", "--path-map", pm, root)
 	if !strings.Contains(out, "planned     finish the interrupted merge of "+web.Leaf) || strings.Contains(out, "skipped") {
 		t.Fatalf("dry run:\n%s", out)
