@@ -2,7 +2,6 @@ package merge
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -122,6 +121,7 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 	tried := map[string]bool{} // child paths already handled (done, planned, skipped)
 	gone := map[string]bool{}  // orphans removed (or, in a dry run, to be removed)
 	resumed := false           // unfinished merges handled
+	var final *space.Report    // the analysis after the last action, when nothing was left
 	for n := 0; n < o.MaxActions; n++ {
 		rp, err := space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.Volumes, Now: o.Now})
 		if err != nil {
@@ -147,6 +147,7 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 		}
 		act, ok := nextAction(rp, o, tried, gone)
 		if !ok {
+			final = rp
 			break
 		}
 		tried[act.Child] = true
@@ -157,7 +158,7 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 		count(act)
 	}
 	if !o.DryRun {
-		if err := clearFlags(roots, o, res); err != nil {
+		if err := clearFlags(roots, o, res, final); err != nil {
 			return res, err
 		}
 	}
@@ -171,7 +172,9 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 // flag is stale (an earlier hvsnap merge ran the merge) when nothing about
 // their disks is in doubt (no missing, broken, unreadable or half-merged
 // disk). Each change is an action of kind "clear-flag".
-func clearFlags(roots []string, o CleanupOptions, res *CleanupResult) error {
+//
+// rp is the store as the run left it (nil: analysed here).
+func clearFlags(roots []string, o CleanupOptions, res *CleanupResult, rp *space.Report) error {
 	merged := map[string]bool{}
 	for _, a := range res.Actions {
 		if (a.Kind == "merge" || a.Kind == "resume") && a.Status == "done" {
@@ -181,9 +184,11 @@ func clearFlags(roots []string, o CleanupOptions, res *CleanupResult) error {
 			}
 		}
 	}
-	rp, err := space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.Volumes, Now: o.Now})
-	if err != nil {
-		return err
+	if rp == nil {
+		var err error
+		if rp, err = space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.Volumes, Now: o.Now}); err != nil {
+			return err
+		}
 	}
 	pending := map[string]bool{}
 	doubt := map[string]bool{}
@@ -282,15 +287,11 @@ func pendingJournals(rp *space.Report) []string {
 func resumeAction(j string, o CleanupOptions, rep progress.Reporter) (Action, []string) {
 	a := Action{Kind: "resume", Journal: j}
 	var children []string
-	var plan *Plan
-	if jr, err := journal.Read(j); err == nil {
-		var p Plan
-		if json.Unmarshal(jr.Header.Plan, &p) == nil {
-			plan = &p
-			a.Child, a.Parent = p.Disk, p.Into
-			for _, st := range p.Steps {
-				children = append(children, st.Child)
-			}
+	plan, perr := readJournalPlan(j) // an unreadable one: Resume says why
+	if perr == nil {
+		a.Child, a.Parent = plan.Disk, plan.Into
+		for _, st := range plan.Steps {
+			children = append(children, st.Child)
 		}
 	}
 	if o.DryRun {
@@ -306,23 +307,31 @@ func resumeAction(j string, o CleanupOptions, rep progress.Reporter) (Action, []
 	}
 	mo := &Options{PathMap: o.PathMap, Margin: o.Margin, Volumes: o.Volumes}
 	res, err := Resume(j, mo, rep)
-	switch {
-	case err == nil:
-		a.Status = "done"
-		if a.Parent != "" {
-			a.ParentSizeAfter, a.ParentIDAfter = identity(a.Parent, o.PathMap)
-		}
-		for _, r := range res.Removed {
-			a.Notes = append(a.Notes, "removed "+r)
-		}
-	case errors.Is(err, ErrRefused):
-		a.Status, a.Reason = "skipped", err.Error()
-	case errors.Is(err, ErrNoSpace):
-		a.Status, a.Reason = "needs-space", err.Error()
-	default:
-		a.Status, a.Reason = "failed", err.Error()
+	if err != nil {
+		a.Status, a.Reason = failedStatus(err), err.Error()
+		return a, children
+	}
+	a.Status = "done"
+	if a.Parent != "" {
+		a.ParentSizeAfter, a.ParentIDAfter = identity(a.Parent, o.PathMap)
+	}
+	for _, r := range res.Removed {
+		a.Notes = append(a.Notes, "removed "+r)
 	}
 	return a, children
+}
+
+// failedStatus is the action status of a merge (or resume) that returned
+// err: "needs-space", "skipped" when refused before anything was written
+// (in use: a running VM), else "failed".
+func failedStatus(err error) string {
+	switch {
+	case errors.Is(err, ErrNoSpace):
+		return "needs-space"
+	case errors.Is(err, ErrRefused):
+		return "skipped"
+	}
+	return "failed"
 }
 
 // nextAction picks the next merge-pending link (or orphan) to handle.
@@ -440,14 +449,7 @@ func runAction(a *Action, roots []string, o CleanupOptions, rep progress.Reporte
 			return
 		}
 		if _, err := Run(p, mo, rep); err != nil {
-			a.Status, a.Reason = "failed", err.Error()
-			switch {
-			case errors.Is(err, ErrNoSpace):
-				a.Status = "needs-space"
-			case errors.Is(err, ErrRefused):
-				// Refused before anything was written (in use: a running VM).
-				a.Status = "skipped"
-			}
+			a.Status, a.Reason = failedStatus(err), err.Error()
 			return
 		}
 		a.ParentSizeAfter, a.ParentIDAfter = identity(a.Parent, o.PathMap)

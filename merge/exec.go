@@ -72,7 +72,7 @@ func Run(p *Plan, o *Options, rep progress.Reporter) (*Result, error) {
 	}
 	defer j.Close()
 	o.hook("journal")
-	res := &Result{Plan: p, Journal: j.Path, Growth: map[string]int64{}, Merged: []string{}, Removed: []string{}, ConfigsUpdated: []string{}, Commands: []string{}}
+	res := newResult(p, j.Path)
 	if err := execute(j, p, o, rep, locks, res); err != nil {
 		return res, err
 	}
@@ -139,15 +139,33 @@ func (p *Plan) ProbeLocks() error {
 // could be resumed now: an "in use" refusal when another process holds its
 // files (it is still running there, or a VM holds them). It changes nothing.
 func ProbeJournal(path string) error {
-	jr, err := journal.Read(path)
+	p, err := readJournalPlan(path)
 	if err != nil {
 		return err
 	}
+	return p.ProbeLocks()
+}
+
+// readJournalPlan reads the plan a merge journal was created with.
+func readJournalPlan(path string) (*Plan, error) {
+	jr, err := journal.Read(path)
+	if err != nil {
+		return nil, err
+	}
+	if jr.Header.Op != "merge" {
+		return nil, fmt.Errorf("%s: a %s journal, not a merge: run hvsnap %s --resume", path, jr.Header.Op, jr.Header.Op)
+	}
 	var p Plan
 	if err := json.Unmarshal(jr.Header.Plan, &p); err != nil || p.Schema != PlanSchema {
-		return fmt.Errorf("%w %s: unreadable merge plan", journal.ErrCorrupt, path)
+		return nil, fmt.Errorf("%w %s: unreadable merge plan", journal.ErrCorrupt, path)
 	}
-	return p.ProbeLocks()
+	return &p, nil
+}
+
+// newResult is an empty Result of plan p recorded in journal path (lists
+// empty, not null, in JSON).
+func newResult(p *Plan, path string) *Result {
+	return &Result{Plan: p, Journal: path, Growth: map[string]int64{}, Merged: []string{}, Removed: []string{}, ConfigsUpdated: []string{}, Commands: []string{}}
 }
 
 // lockFiles locks every file of the plan that exists (an "in use" refusal
@@ -172,17 +190,11 @@ func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 		o = &Options{}
 	}
 	rep = progress.OrNop(rep)
-	jr, err := journal.Read(path)
+	pp, err := readJournalPlan(path)
 	if err != nil {
 		return nil, err
 	}
-	if jr.Header.Op != "merge" {
-		return nil, fmt.Errorf("%s: a %s journal, not a merge: run hvsnap %s --resume", path, jr.Header.Op, jr.Header.Op)
-	}
-	var p Plan
-	if err := json.Unmarshal(jr.Header.Plan, &p); err != nil || p.Schema != PlanSchema {
-		return nil, fmt.Errorf("%w %s: unreadable merge plan", journal.ErrCorrupt, path)
-	}
+	p := *pp
 	// A journal sits next to the merge's target. One found elsewhere was
 	// copied or moved with its folder: its records are about the files at
 	// the recorded paths, not the copies next to it.
@@ -208,7 +220,8 @@ func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 		return nil, err
 	}
 	defer j.Close()
-	res := &Result{Plan: &p, Journal: path, Growth: map[string]int64{}, Merged: []string{}, Removed: []string{}, ConfigsUpdated: []string{}, Commands: []string{}, Resumed: true}
+	res := newResult(&p, path)
+	res.Resumed = true
 	if j.Ended() {
 		return res, j.Finish()
 	}

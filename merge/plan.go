@@ -247,15 +247,8 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	// the merge reads from and writes or removes: refused, so that the
 	// damaged file, the only evidence, is not merged as it reads and removed.
 	for i := 0; i <= k; i++ {
-		fs, err := ch.Layers[i].Check()
-		if err != nil {
-			return nil, fmt.Errorf("merge: check %s: %w", layers[i], err)
-		}
-		for _, f := range fs {
-			if f.Severity == vhd.SevError {
-				return nil, refused(layers[i], "damaged: %s (%s); a merge would carry the damage into %s and remove the evidence. Nothing was changed; see hvsnap check %s, and copy the chain aside before any repair",
-					f.Message, f.Code, filepath.Base(layers[k]), quoteArg(layers[i]))
-			}
+		if err := refuseDamaged(ch.Layers[i], layers[i], fmt.Sprintf("a merge would carry the damage into %s and remove the evidence", filepath.Base(layers[k]))); err != nil {
+			return nil, err
 		}
 	}
 	leaf := ch.Layers[0].Info()
@@ -364,14 +357,15 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 			if contains(layers, c) {
 				continue
 			}
-			fs, err := vhd.Check(c, &vhd.Options{ReadOnly: true, PathMap: o.PathMap})
+			// The file alone: its link to the chain was resolved by Discover.
+			im, err := vhd.Open(c, &vhd.Options{ReadOnly: true, PathMap: o.PathMap, Wrap: o.Wrap})
 			if err != nil {
-				return nil, fmt.Errorf("merge: check %s: %w", c, err)
+				return nil, fmt.Errorf("merge: %w", err)
 			}
-			for _, f := range fs {
-				if f.Severity == vhd.SevError && f.Path == c {
-					return nil, refused(c, "damaged: %s (%s); the merge would rewrite its parent link. Nothing was changed; see hvsnap check %s, and copy it aside before any repair", f.Message, f.Code, quoteArg(c))
-				}
+			err = refuseDamaged(im, c, "the merge would rewrite its parent link")
+			im.Close()
+			if err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -400,6 +394,21 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 		p.Configs = append(p.Configs, cc)
 	}
 	return p, nil
+}
+
+// refuseDamaged refuses path (open as im) when hvsnap check finds an error
+// in the file itself; why says what the merge would do to it.
+func refuseDamaged(im *vhd.Image, path, why string) error {
+	fs, err := im.Check()
+	if err != nil {
+		return fmt.Errorf("merge: check %s: %w", path, err)
+	}
+	for _, f := range fs {
+		if f.Severity == vhd.SevError {
+			return refused(path, "damaged: %s (%s); %s. Nothing was changed; see hvsnap check %s, and copy it aside before any repair", f.Message, f.Code, why, quoteArg(path))
+		}
+	}
+	return nil
 }
 
 func plural(n int, one, many string) string {
