@@ -118,7 +118,7 @@ func (p *Plan) refreshFree(o *Options) error {
 func inUse(err error) error {
 	var iu *lock.InUseError
 	if errors.As(err, &iu) {
-		return &RefusedError{Path: iu.Path, Reason: "in use: the disk is held open or locked by another process (a running VM or another hvsnap job); stop it and try again"}
+		return &RefusedError{Path: iu.Path, Reason: "in use: the disk is held open or locked by another process (a running VM or another hvsnap job); stop it and try again", Cause: err}
 	}
 	return err
 }

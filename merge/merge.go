@@ -214,10 +214,18 @@ func (e *NoSpaceError) Unwrap() error { return ErrNoSpace }
 type RefusedError struct {
 	Path   string
 	Reason string
+	// Cause, when set, is the error behind the refusal (a *lock.InUseError
+	// for a disk in use: errors.Is(err, lock.ErrInUse)).
+	Cause error
 }
 
 func (e *RefusedError) Error() string { return fmt.Sprintf("merge: %s: %s", e.Path, e.Reason) }
-func (e *RefusedError) Unwrap() error { return ErrRefused }
+func (e *RefusedError) Unwrap() []error {
+	if e.Cause != nil {
+		return []error{ErrRefused, e.Cause}
+	}
+	return []error{ErrRefused}
+}
 
 func refused(path, format string, args ...any) error {
 	return &RefusedError{Path: path, Reason: fmt.Sprintf(format, args...)}

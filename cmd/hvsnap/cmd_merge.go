@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/hvsnap/hvsnap/internal/journal"
+	"github.com/hvsnap/hvsnap/internal/lock"
 	"github.com/hvsnap/hvsnap/merge"
 	"github.com/hvsnap/hvsnap/vhd"
 	"github.com/hvsnap/hvsnap/vm"
@@ -394,7 +395,7 @@ func finishJournal(c *cli.Context, j string, o *merge.Options) error {
 	oo := *o
 	oo.Into, oo.Keep = "", false
 	if _, err := merge.Resume(j, &oo, reporter(c)); err != nil {
-		if errors.Is(err, merge.ErrRefused) && strings.Contains(err.Error(), "in use") {
+		if errors.Is(err, lock.ErrInUse) {
 			return fmt.Errorf("merge: the merge recorded in %s is not finished and its disks are in use (still running in another process, or a VM holds them): %w", j, err)
 		}
 		return mergeErr(err)

@@ -622,6 +622,35 @@ func TestCLIExportAfterInterruptedMerge(t *testing.T) {
 	mustHV(t, "import", "--verify-only", filepath.Join(out, "b"))
 }
 
+// An interrupted merge whose disks another process holds: merge and export
+// say that the merge recorded in the journal is still running (or a VM holds
+// its disks) and change nothing.
+func TestCLIInterruptedMergeHeldElsewhere(t *testing.T) {
+	_, pm, web, _, _ := mergeStore(t)
+	want, _ := web.LiveSHA256()
+	interruptMerge(t, pm, web.Leaf)
+	l, err := lock.File(web.Base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	for _, args := range [][]string{
+		{"merge", "--yes", "--path-map", pm, web.Leaf},
+		{"export", "--to", filepath.Join(t.TempDir(), "b"), "--path-map", pm, web.Dir},
+	} {
+		code, out, errs := hv(t, args...)
+		if code != exitError || !strings.Contains(errs, "is not finished and its disks are in use") || !strings.Contains(errs, ".journal is not finished") {
+			t.Fatalf("%s: exit %d\n%s%s", args[0], code, out, errs)
+		}
+	}
+	if _, err := os.Stat(web.Leaf); err != nil {
+		t.Fatalf("the child is gone: %v", err)
+	}
+	if got, err := storetest.ChainSHA256(web.Leaf, web.PathMap); err != nil || got != want {
+		t.Fatalf("content changed: %v", err)
+	}
+}
+
 // What a merge would be refused for is said the same way with --json (a
 // "refused" field, the same exit code), in a dry run too, and a dry run
 // probes the locks (a disk in use: exit 1).
