@@ -12,6 +12,15 @@ import (
 	"github.com/hvsnap/hvsnap/vhd"
 )
 
+// mergeSet is one volume's rounds: the results are named Prefix+"/...".
+type mergeSet struct {
+	Prefix, Label string
+	Med           mergeRatios
+	// Target: the cp target is judged on this set (the journaled volume
+	// when there is one); the others are printed for information.
+	Target bool
+}
+
 // runMerge: a 4 GiB dynamic VHDX parent (1 GiB of scattered data) and a
 // child holding 1 GiB (512 blocks of 2 MiB: half written whole, half by a
 // partial piece of 4-512 KiB, which hvsnap's writer completes from the
@@ -20,16 +29,16 @@ import (
 // equivalent qcow2 chain (+ removing the merged overlay + sync: the same end
 // state, since hvsnap removes the merged file and fsyncs) and `cp` of the
 // same number of bytes (+ sync). Every run starts from pristine copies
-// (untimed).
-func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result, med mergeRatios) {
+// (untimed). The rounds run twice: in the scratch folder (this machine's
+// root file system) and, as root, on a journaled ext4 volume
+// (journaledVolume), where the cp target is judged.
+func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result, sets []mergeSet) {
 	pristine := filepath.Join(dir, "merge-pristine")
 	os.MkdirAll(pristine, 0o755)
 	parent := filepath.Join(pristine, "base.vhdx")
 	child := filepath.Join(pristine, "base_6F1C.avhdx")
 	writeScattered(parent, "", vs, 1<<30, rng)
 	writeChild(child, parent, vs, 1<<30, rng)
-	work := filepath.Join(dir, "merge-work")
-	os.MkdirAll(work, 0o755)
 
 	// Bytes the merge copies (the child's data), for the cp peer.
 	im, err := vhd.Open(child, &vhd.Options{ReadOnly: true})
@@ -46,19 +55,6 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 	im.Close()
 	fmt.Printf("built merge pair: parent 4 GiB virtual, child holds %.0f MiB\n", float64(copyBytes)/(1<<20))
 
-	// copyIn returns a before-run step: settle, then copy files into work
-	// (sparse) and sync.
-	copyIn := func(files ...string) func() {
-		return func() {
-			settleCache(work)
-			os.MkdirAll(work, 0o755)
-			if len(files) > 0 {
-				mustRun("cp", append(append([]string{"--sparse=always"}, files...), work)...)
-			}
-			exec.Command("sync").Run()
-		}
-	}
-	restore := copyIn(parent, child)
 	// cp of the same number of bytes (a non-sparse file), plus sync.
 	blob := filepath.Join(pristine, "blob")
 	f, err := os.Create(blob)
@@ -72,13 +68,6 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 	}
 	f.Close()
 	defer os.Remove(blob)
-	blobCopy := filepath.Join(work, "blob")
-	// The cp peers' input is cached too, as hvsnap's inputs are (just
-	// copied): read it once after the settle.
-	freshCp := func() {
-		copyIn()()
-		mustRun("cat", blob)
-	}
 
 	// The equivalent qcow2 chain for qemu-img commit.
 	haveQemu := exec.Command("qemu-img", "--version").Run() == nil
@@ -91,7 +80,59 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 		mustRun("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", full, cq)
 		os.Remove(full)
 	}
-	restoreQ := copyIn(bq, cq)
+	in := mergeInputs{parent: parent, child: child, blob: blob, bq: bq, cq: cq, copyBytes: copyBytes, qemu: haveQemu}
+
+	root := mergeSet{Prefix: "merge", Label: "scratch folder on this machine's root file system (ext4 without a journal, online discard)", Target: true}
+	r, med := mergeRounds(hv, filepath.Join(dir, "merge-work"), root.Prefix, in, runs)
+	res, root.Med = append(res, r...), med
+	sets = append(sets, root)
+
+	// Work, inputs and growth: parent + child + what the parent grows.
+	mnt, done, err := journaledVolume(dir, 6<<30)
+	if err != nil {
+		fmt.Printf("merge on a journaled ext4 volume: not measured (%v); the cp target is judged on the root file system\n", err)
+		return res, sets
+	}
+	defer done()
+	sets[0].Target = false
+	j := mergeSet{Prefix: "merge-journaled", Label: "a journaled ext4 (mkfs.ext4 defaults) on a direct-I/O loop device over the same disk", Target: true}
+	r, med = mergeRounds(hv, filepath.Join(mnt, "merge-work"), j.Prefix, in, runs)
+	res, j.Med = append(res, r...), med
+	return res, append(sets, j)
+}
+
+// mergeInputs are the pristine files the rounds copy from.
+type mergeInputs struct {
+	parent, child, blob, bq, cq string
+	copyBytes                   int64
+	qemu                        bool
+}
+
+// mergeRounds runs the peers in rounds in work (created and removed by each
+// run's preparation) and returns their best results and per-round ratios.
+func mergeRounds(hv, work, prefix string, in mergeInputs, runs int) (res []result, med mergeRatios) {
+	fmt.Printf("merge rounds in %s\n", work)
+	// copyIn returns a before-run step: settle, then copy files into work
+	// (sparse) and sync.
+	copyIn := func(files ...string) func() {
+		return func() {
+			settleCache(work)
+			os.MkdirAll(work, 0o755)
+			if len(files) > 0 {
+				mustRun("cp", append(append([]string{"--sparse=always"}, files...), work)...)
+			}
+			exec.Command("sync").Run()
+		}
+	}
+	restore := copyIn(in.parent, in.child)
+	blobCopy := filepath.Join(work, "blob")
+	// The cp peers' input is cached too, as hvsnap's inputs are (just
+	// copied): read it once after the settle.
+	freshCp := func() {
+		copyIn()()
+		mustRun("cat", in.blob)
+	}
+	restoreQ := copyIn(in.bq, in.cq)
 
 	// Runs go in rounds, every peer once per round, so that all see the same
 	// state of this machine, whose disk speed drifts by tens of percent over
@@ -103,7 +144,7 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 	victim := filepath.Join(work, "victim")
 	withVictim := func() {
 		freshCp()
-		mustRun("cp", "--sparse=always", child, victim)
+		mustRun("cp", "--sparse=always", in.child, victim)
 		exec.Command("sync").Run()
 	}
 	type peer struct {
@@ -112,17 +153,17 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 		cmd    []string
 	}
 	peers := []*peer{
-		{result{Name: "merge/hvsnap"}, restore, []string{hv, "-q", "merge", "--yes", "--margin", "0", filepath.Join(work, filepath.Base(child))}},
-		{result{Name: "merge/cp+sync"}, freshCp, []string{"sh", "-c", fmt.Sprintf("cp %q %q && sync", blob, blobCopy)}},
+		{result{Name: prefix + "/hvsnap"}, restore, []string{hv, "-q", "merge", "--yes", "--margin", "0", filepath.Join(work, filepath.Base(in.child))}},
+		{result{Name: prefix + "/cp+sync"}, freshCp, []string{"sh", "-c", fmt.Sprintf("cp %q %q && sync", in.blob, blobCopy)}},
 		// For information: cp + sync + removing a file the size of the
 		// merged child, the other half of what a merge does (on a volume
-		// mounted with online discard the removal waits for the device).
-		{result{Name: "merge/cp+sync+rm"}, withVictim, []string{"sh", "-c", fmt.Sprintf("cp %q %q && sync && rm %q && sync", blob, blobCopy, victim)}},
+		// mounted with online discard the removal may wait for the device).
+		{result{Name: prefix + "/cp+sync+rm"}, withVictim, []string{"sh", "-c", fmt.Sprintf("cp %q %q && sync && rm %q && sync", in.blob, blobCopy, victim)}},
 	}
-	if haveQemu {
+	if in.qemu {
 		// The same end state as hvsnap merge: data in the base, the
 		// merged overlay removed, everything durable.
-		peers = append(peers, &peer{result{Name: "merge/qemu-img-commit+rm+sync"}, restoreQ,
+		peers = append(peers, &peer{result{Name: prefix + "/qemu-img-commit+rm+sync"}, restoreQ,
 			[]string{"sh", "-c", fmt.Sprintf("cd %q && qemu-img commit -q child.qcow2 && rm child.qcow2 && sync", work)}})
 	}
 	for i := 0; i < runs; i++ {
@@ -130,18 +171,18 @@ func runMerge(hv, dir string, runs int, vs int64, rng *rand.Rand) (res []result,
 		for k := range peers {
 			j := (i + k) % len(peers)
 			pr := peers[j]
-			r := measure(pr.res.Name, 1, copyBytes, pr.before, pr.cmd[0], pr.cmd[1:]...)
+			r := measure(pr.res.Name, 1, in.copyBytes, pr.before, pr.cmd[0], pr.cmd[1:]...)
 			pr.res = best(pr.res, r)
 			secs[j] = r.Seconds
 		}
-		fmt.Printf("  merge round %d:", i+1)
+		fmt.Printf("  %s round %d:", prefix, i+1)
 		for j, pr := range peers {
-			fmt.Printf(" %s %.2f s", strings.TrimPrefix(pr.res.Name, "merge/"), secs[j])
+			fmt.Printf(" %s %.2f s", strings.TrimPrefix(pr.res.Name, prefix+"/"), secs[j])
 		}
 		fmt.Println()
 		med.cp = append(med.cp, secs[0]/secs[1])
 		med.cpRm = append(med.cpRm, secs[0]/secs[2])
-		if haveQemu {
+		if in.qemu {
 			med.qemu = append(med.qemu, secs[0]/secs[3])
 		}
 	}
@@ -220,4 +261,37 @@ func writeChild(path, parent string, size, total int64, rng *rand.Rand) {
 	if err := c.Flush(); err != nil {
 		fatal(err.Error())
 	}
+}
+
+// reportMerge prints one volume's merge ratios; the cp target is judged on
+// the set marked Target only, the qemu-img and memory targets on every set.
+// Summary keys: merge_* for the root file system, merge_journaled_* for the
+// journaled volume.
+func reportMerge(set mergeSet, by map[string]result, summary map[string]any, missed *int) {
+	key := strings.ReplaceAll(set.Prefix, "-", "_") + "_"
+	h := by[set.Prefix+"/hvsnap"]
+	fmt.Printf("merge on %s:\n", set.Label)
+	cr, cm := h.Seconds/by[set.Prefix+"/cp+sync"].Seconds, median(set.Med.cp)
+	v := "(for information: the target is judged on the journaled volume)"
+	if set.Target {
+		v = verdict(cm <= 1.5, missed)
+	}
+	fmt.Printf("  merge ratio hvsnap/(cp + sync): median of the rounds %.2f (target ≤ 1.50) %s; best / best %.2f\n", cm, v, cr)
+	summary[key+"cp_ratio"] = cr
+	summary[key+"cp_median_ratio"] = cm
+	if len(set.Med.cpRm) > 0 {
+		rm := median(set.Med.cpRm)
+		fmt.Printf("  merge ratio hvsnap/(cp + sync + rm of a file the size of the child): median of the rounds %.2f (for information: the same work as the merge)\n", rm)
+		summary[key+"cp_rm_median_ratio"] = rm
+	}
+	if q, ok := by[set.Prefix+"/qemu-img-commit+rm+sync"]; ok {
+		qr, qm := h.Seconds/q.Seconds, median(set.Med.qemu)
+		fmt.Printf("  merge ratio hvsnap/(qemu-img commit + rm + sync): median of the rounds %.2f (target < 1.00) %s; best / best %.2f\n", qm, verdict(qm < 1.0, missed), qr)
+		summary[key+"qemu_ratio"] = qr
+		summary[key+"qemu_median_ratio"] = qm
+	} else {
+		fmt.Println("  merge ratio vs qemu-img commit: qemu-img not installed, not measured")
+	}
+	fmt.Printf("  merge peak RSS = %.1f MiB (target < 64 MiB) %s\n", float64(h.MaxRSS)/(1<<20), verdict(h.MaxRSS < 64<<20, missed))
+	summary[key+"max_rss_bytes"] = h.MaxRSS
 }
