@@ -91,7 +91,11 @@ func (p *Plan) files() []string {
 	}
 	for _, s := range p.Steps {
 		add(s.Child)
-		add(s.Parent)
+		if !s.Discard {
+			// A removal without merge does not touch the parent, which
+			// the VM running on the other branch holds open.
+			add(s.Parent)
+		}
 		for _, c := range s.Children {
 			add(c)
 		}
@@ -316,16 +320,18 @@ func execute(j *journal.Journal, p *Plan, o *Options, rep progress.Reporter, loc
 	for i := range p.Steps {
 		st := &p.Steps[i]
 		ss := stepState{j: j, key: fmt.Sprintf("%d/", i), o: o}
-		if ok, _ := j.IsDone(ss.key + "remove"); ok {
+		if ok, _ := j.IsDone(ss.key + "remove"); !ok {
+			before := fileSize(st.Parent)
+			if err := runStep(ss, p, i, o, rep, locks, res); err != nil {
+				return err
+			}
+			if !st.Discard {
+				res.Growth[st.Parent] += fileSize(st.Parent) - before
+			}
+		}
+		if !st.Discard {
 			res.Merged = append(res.Merged, st.Child)
-			continue
 		}
-		before := fileSize(st.Parent)
-		if err := runStep(ss, p, i, o, rep, locks, res); err != nil {
-			return err
-		}
-		res.Growth[st.Parent] += fileSize(st.Parent) - before
-		res.Merged = append(res.Merged, st.Child)
 	}
 	o.hook("finish")
 	return j.Finish()
@@ -341,6 +347,9 @@ func fileSize(p string) int64 {
 
 func runStep(ss stepState, p *Plan, i int, o *Options, rep progress.Reporter, locks *lock.Set, res *Result) error {
 	st := &p.Steps[i]
+	if st.Discard {
+		return ss.do("remove", nil, func() (any, error) { return nil, removeChild(st, locks, res) })
+	}
 	var g vhd.GUID
 	if st.NewDataWriteGUID != "" {
 		var err error
@@ -434,16 +443,21 @@ func runStep(ss stepState, p *Plan, i int, o *Options, rep progress.Reporter, lo
 		if p.Keep {
 			return nil, keepChild(st, o)
 		}
-		locks.Drop(st.Child)
-		if err := os.Remove(st.Child); err != nil && !os.IsNotExist(err) {
-			return nil, fmt.Errorf("merge: remove %s: %w", st.Child, err)
-		}
-		if err := fsutil.SyncDir(st.Child); err != nil {
-			return nil, err
-		}
-		res.Removed = append(res.Removed, st.Child)
-		return nil, nil
+		return nil, removeChild(st, locks, res)
 	})
+}
+
+// removeChild removes the step's child (repeatable: a missing file is done).
+func removeChild(st *Step, locks *lock.Set, res *Result) error {
+	locks.Drop(st.Child)
+	if err := os.Remove(st.Child); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("merge: remove %s: %w", st.Child, err)
+	}
+	if err := fsutil.SyncDir(st.Child); err != nil {
+		return err
+	}
+	res.Removed = append(res.Removed, st.Child)
+	return nil
 }
 
 // announce writes parent_linkage2 = g into C (VHDX), keeping its paths and

@@ -81,6 +81,11 @@ type Options struct {
 	// it such a configuration in the store refuses the merge; with it the
 	// plan carries a note saying what to check on the host.
 	AcceptStale []string
+	// RemoveLeaf: remove the disk without merging it (discarding its data),
+	// as Hyper-V does when it deletes a checkpoint whose disk is an
+	// off-branch leaf. Planned only for a leaf no disk depends on and no
+	// configuration in the roots uses (PlanMerge refuses otherwise).
+	RemoveLeaf bool
 }
 
 func (o *Options) margin() int64 {
@@ -148,6 +153,9 @@ type Step struct {
 	ChildrenModTime map[string]int64 `json:"children_mtime,omitempty"`
 	// NewDataWriteGUID: the parent's DataWriteGuid after the merge (VHDX).
 	NewDataWriteGUID string `json:"new_data_write_guid,omitempty"`
+	// Discard: the child is removed without merging (--remove-leaf): its
+	// data is discarded, nothing is written into Parent.
+	Discard bool `json:"discard,omitempty"`
 }
 
 // VolumeNeed is the space a volume needs.

@@ -276,7 +276,9 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("merge: %w", err)
 	}
-	staleNotes, err := st.consistent(disk, o.AcceptStale, true)
+	// A removal is never made on the word of a configuration that may lack
+	// its last changes (it may use the disk).
+	staleNotes, err := st.consistent(disk, o.AcceptStale, !o.RemoveLeaf)
 	if err != nil {
 		return nil, err
 	}
@@ -297,6 +299,22 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 		p.Notes = append(p.Notes, fmt.Sprintf("no VM configuration found under %s: configurations naming these disks cannot be checked or updated (use --root)", strings.Join(roots, ", ")))
 	}
 
+	if o.RemoveLeaf {
+		if err := planRemoveLeaf(p, st, layers, roots, o); err != nil {
+			return nil, err
+		}
+		if err := p.measure(ch, 1, o); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	// An unused leaf whose parent cannot take its data is what Hyper-V
+	// removes without a merge: the refusals below say how.
+	leafHint := ""
+	if k == 1 && st.Scanned && len(st.Children[disk]) == 0 && len(st.uses(disk)) == 0 {
+		leafHint = fmt.Sprintf(" %s is a leaf that no disk depends on and no configuration uses: to remove it without merging (discarding its data, as Hyper-V does when it deletes such a checkpoint), run hvsnap merge --remove-leaf %s", filepath.Base(disk), quoteArg(disk))
+	}
+
 	// Refusals from configurations: a checkpoint (or another VM) that uses
 	// a disk this merge modifies or removes.
 	for i := 1; i <= k; i++ {
@@ -309,8 +327,12 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 			if i < k {
 				verb = "removes"
 			}
-			return nil, refused(layers[i], "%s %q (%s, %s) still uses this disk, and the merge %s it: its state would be lost. Delete the checkpoint first (Hyper-V: Remove-VMCheckpoint; its merge is then pending and hvsnap can run it)",
-				what, u.cfg.Name, u.cfg.Path, u.drive.Location(), verb)
+			advice := ""
+			if u.checkpoint {
+				advice = " Delete the checkpoint first (Hyper-V: Remove-VMCheckpoint; its merge is then pending and hvsnap can run it)."
+			}
+			return nil, refused(layers[i], "%s %q (%s, %s) still uses this disk, and the merge %s it: its state would be lost.%s%s",
+				what, u.cfg.Name, u.cfg.Path, u.drive.Location(), verb, advice, leafHint)
 		}
 	}
 
@@ -330,8 +352,8 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	for i := k - 1; i >= 0; i-- {
 		c := layers[i]
 		if others := without(kids[target0], c); len(others) > 0 {
-			return nil, refused(target0, "this disk is also the parent of %s: merging %s into it would change what %s (and break their linkage). It is left unmerged; merge %s into another ancestor or delete the other branch first",
-				strings.Join(others, ", "), filepath.Base(c), plural(len(others), "that disk shows", "those disks show"), filepath.Base(c))
+			return nil, refused(target0, "this disk is also the parent of %s: merging %s into it would change what %s (and break their linkage). It is left unmerged; merge %s into another ancestor or delete the other branch first.%s",
+				strings.Join(others, ", "), filepath.Base(c), plural(len(others), "that disk shows", "those disks show"), filepath.Base(c), leafHint)
 		}
 		if len(st.Broken[c]) > 0 {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s has children whose linkage does not match it (already broken): %s; they are not re-pointed", c, strings.Join(st.Broken[c], ", ")))
@@ -394,6 +416,36 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 		p.Configs = append(p.Configs, cc)
 	}
 	return p, nil
+}
+
+// planRemoveLeaf makes p the removal of the leaf layers[0] without a merge
+// (--remove-leaf), or refuses: only a leaf that no disk depends on and no
+// configuration in the roots uses is removed, and only when the roots held
+// configurations to tell.
+func planRemoveLeaf(p *Plan, st *Store, layers, roots []string, o *Options) error {
+	disk := layers[0]
+	switch {
+	case o.Into != "":
+		return refused(disk, "--remove-leaf removes this disk alone: it does not take --into")
+	case o.Keep:
+		return refused(disk, "--remove-leaf and --keep contradict each other")
+	case !st.Scanned:
+		return refused(disk, "--remove-leaf: no VM configuration found under %s, so whether a VM or checkpoint uses this disk cannot be told; name the VM store with --root", strings.Join(roots, ", "))
+	}
+	if kids := st.Children[disk]; len(kids) > 0 {
+		return refused(disk, "--remove-leaf: %s %s on this disk (removing it would break %s); it is not a leaf", strings.Join(kids, ", "), plural(len(kids), "depends", "depend"), plural(len(kids), "that disk", "those disks"))
+	}
+	for _, u := range st.uses(disk) {
+		what := "VM"
+		if u.checkpoint {
+			what = "checkpoint"
+		}
+		return refused(disk, "--remove-leaf: %s %q (%s, %s) uses this disk: removing it would lose that state. Delete the checkpoint (or detach the drive) in Hyper-V first", what, u.cfg.Name, u.cfg.Path, u.drive.Location())
+	}
+	p.Into = layers[1]
+	p.Steps = []Step{{Child: disk, Parent: layers[1], Children: []string{}, Discard: true}}
+	p.Notes = append(p.Notes, fmt.Sprintf("%s is removed without merging: its data is discarded (no disk depends on it and no configuration under %s uses it); %s is not written", disk, strings.Join(roots, ", "), layers[1]))
+	return nil
 }
 
 // refuseDamaged refuses path (open as im) when hvsnap check finds an error
@@ -490,6 +542,13 @@ func (p *Plan) measure(ch *vhd.Chain, k int, o *Options) error {
 		s := &p.Steps[i]
 		c := byPath[s.Child]
 		cinf := c.Info()
+		if s.Discard {
+			s.Format, s.ParentType = string(tinf.Format), string(tinf.Type)
+			s.ChildBlock, s.ParentBlock = c.BlockSize(), tbs
+			s.FreedBytes = allocatedBytes(s.Child)
+			s.ParentVolume, s.ChildVolume = mountOf(s.Parent), mountOf(s.Child)
+			continue
+		}
 		s.Format = string(tinf.Format)
 		s.ParentType = string(tinf.Type)
 		s.ChildBlock = c.BlockSize()

@@ -33,7 +33,8 @@ that named DISK are updated (VMCX: the Set-VMHardDiskDrive command to run is
 printed), and DISK is removed only after the parent reads back what was merged.
 
 It refuses, before touching anything: a parent other disks also depend on
-(another checkpoint branch or VM), a disk a checkpoint still uses, a broken link,
+(another checkpoint branch or VM) or a VM runs on, a disk a checkpoint still
+uses, a broken link,
 a disk in use (locked by a running VM or another job), an unfinished operation,
 and not enough free space (exit 3, with the volumes that have room and the
 relocation command). It also refuses while a VMCX configuration in the store
@@ -42,6 +43,13 @@ replay): that configuration could have a checkpoint using these disks. Let
 Hyper-V open the VM once, or, where no Hyper-V host is at hand, name the file
 with --accept-stale-config to go on; the plan then says what to check on the
 host afterwards.
+
+A leaf whose parent cannot take its data (shared, or used by a VM or a
+checkpoint) and that nothing uses, such as the disk of an abandoned checkpoint
+branch, is what Hyper-V removes without a merge when that checkpoint is
+deleted: --remove-leaf does that (its data is discarded; refused for a disk
+any disk depends on or any configuration in the roots uses, and where no
+configuration was found to tell).
 
 Every step is journaled (.hvsnap-merge-*.journal next to the parent): a merge
 killed at any point, or stopped by a full disk, is finished by
@@ -55,11 +63,13 @@ Examples:
    hvsnap merge --dry-run 'VMs/web/Virtual Hard Disks/web_6F1C....avhdx'
    hvsnap merge --yes --into base.vhdx leaf.avhdx
    hvsnap merge --all /mnt/d/VMs/web --yes          # every drive's chain into its base
+   hvsnap merge --remove-leaf --dry-run web_0A1B....avhdx  # an abandoned branch's leaf
    hvsnap merge --resume /mnt/d/VMs/web/Virtual\ Hard\ Disks`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "into", Usage: "ancestor to merge the chain into (default: DISK's parent)"},
 			&cli.StringFlag{Name: "all", Usage: "merge every drive chain of the VM in `VM_DIR` into its base disk"},
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "print the plan (order, bytes, peak space per volume) and change nothing"},
+			&cli.BoolFlag{Name: "remove-leaf", Usage: "remove DISK without merging it, discarding its data (as Hyper-V does when it deletes a checkpoint whose disk is an off-branch leaf): only a leaf no disk depends on and no configuration uses"},
 			&cli.BoolFlag{Name: "keep", Usage: "keep the merged file, re-pointed as a valid child of the merged parent that no configuration names (single step only)"},
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "do not ask for confirmation on a terminal"},
 			&cli.BoolFlag{Name: "resume", Usage: "finish interrupted merges: PATH is a journal, a disk, or a folder (default: .)"},
@@ -129,7 +139,7 @@ func mergeOptions(c *cli.Context) (*merge.Options, error) {
 		margin = -1
 	}
 	return &merge.Options{PathMap: pm, Into: c.String("into"), Roots: c.StringSlice("root"), Keep: c.Bool("keep"), Margin: margin,
-		AcceptStale: c.StringSlice("accept-stale-config")}, nil
+		AcceptStale: c.StringSlice("accept-stale-config"), RemoveLeaf: c.Bool("remove-leaf")}, nil
 }
 
 // mergeMemoryLimit keeps a merge's heap small whatever the disk size (the
@@ -149,8 +159,8 @@ func runMerge(c *cli.Context) error {
 	var allCfg *vm.Config // --all: the VM's configuration
 	switch {
 	case c.String("all") != "":
-		if c.NArg() > 0 || c.String("into") != "" {
-			return usagef("merge: --all takes no DISK and no --into")
+		if c.NArg() > 0 || c.String("into") != "" || c.Bool("remove-leaf") {
+			return usagef("merge: --all takes no DISK, no --into and no --remove-leaf")
 		}
 		disks, allCfg, err = vmChains(c.String("all"), o)
 		if err != nil {
@@ -281,7 +291,11 @@ func runMerge(c *cli.Context) error {
 		if c.Bool("json") {
 			qw = c.App.ErrWriter
 		}
-		if !confirm(qw, os.Stdin, "Merge now?") {
+		q := "Merge now?"
+		if o.RemoveLeaf {
+			q = "Remove it now, discarding its data?"
+		}
+		if !confirm(qw, os.Stdin, q) {
 			fmt.Fprintln(qw, "nothing was changed")
 			return nil
 		}
@@ -491,8 +505,17 @@ func baseOf(disk string, o *merge.Options) (string, error) {
 }
 
 func printPlan(w io.Writer, p *merge.Plan) {
-	fmt.Fprintf(w, "merge plan: %s → %s\n", p.Disk, p.Into)
+	if len(p.Steps) == 1 && p.Steps[0].Discard {
+		fmt.Fprintf(w, "removal plan (--remove-leaf): %s, not merged into %s\n", p.Disk, p.Into)
+	} else {
+		fmt.Fprintf(w, "merge plan: %s → %s\n", p.Disk, p.Into)
+	}
 	for i, s := range p.Steps {
+		if s.Discard {
+			fmt.Fprintf(w, "  %d. remove %s WITHOUT MERGING (its data is discarded; %s is not written), frees %s\n",
+				i+1, filepath.Base(s.Child), filepath.Base(s.Parent), human(s.FreedBytes))
+			continue
+		}
 		fmt.Fprintf(w, "  %d. merge %s into %s: write %s, %s grows %s",
 			i+1, filepath.Base(s.Child), filepath.Base(s.Parent), human(s.CopyBytes), filepath.Base(s.Parent), human(s.Growth))
 		if len(s.Children) > 0 {

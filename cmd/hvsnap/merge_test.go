@@ -790,3 +790,56 @@ func TestCLICopiedJournalIsNotResumed(t *testing.T) {
 		t.Fatal("the original's merge was not finished in place")
 	}
 }
+
+// merge --remove-leaf from the CLI: the plain merge of an abandoned
+// branch's leaf is refused with the way out, the dry run says the data is
+// discarded (JSON discard: true) and changes nothing, the run removes the
+// leaf alone and the VM's chain reads the same.
+func TestCLIMergeRemoveLeaf(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "VMs")
+	bv, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", LiveWriteBytes: 1 << 20, CurrentAfter: 0,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1}, {Parent: 0, WriteBytes: 1 << 20, Deleted: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm := storetest.WindowsRoot + "=" + root
+	leaf := bv.OffBranch[0]
+	want, _ := bv.LiveSHA256()
+	code, out, errs := hv(t, "merge", "--yes", "--path-map", pm, leaf)
+	if code != exitError || !strings.Contains(errs, "hvsnap merge --remove-leaf") {
+		t.Fatalf("plain merge: exit %d\n%s%s", code, out, errs)
+	}
+	out = mustHV(t, "merge", "--dry-run", "--remove-leaf", "--path-map", pm, leaf)
+	if !strings.Contains(out, "removal plan (--remove-leaf)") || !strings.Contains(out, "WITHOUT MERGING (its data is discarded") {
+		t.Fatalf("dry run:\n%s", out)
+	}
+	var doc struct {
+		Plans []struct {
+			Steps []struct {
+				Discard   bool  `json:"discard"`
+				CopyBytes int64 `json:"copy_bytes"`
+			} `json:"steps"`
+		} `json:"plans"`
+	}
+	if err := json.Unmarshal([]byte(mustHV(t, "merge", "--dry-run", "--json", "--remove-leaf", "--path-map", pm, leaf)), &doc); err != nil ||
+		len(doc.Plans) != 1 || len(doc.Plans[0].Steps) != 1 || !doc.Plans[0].Steps[0].Discard || doc.Plans[0].Steps[0].CopyBytes != 0 {
+		t.Fatalf("dry run JSON: %v %+v", err, doc)
+	}
+	if _, err := os.Stat(leaf); err != nil {
+		t.Fatalf("the dry run removed the leaf: %v", err)
+	}
+	if code, _, _ := hv(t, "merge", "--all", root+"/web", "--remove-leaf"); code != exitUsage {
+		t.Fatalf("--all --remove-leaf: exit %d", code)
+	}
+	out = mustHV(t, "merge", "--yes", "--remove-leaf", "--path-map", pm, leaf)
+	if !strings.Contains(out, "removed "+leaf) || strings.Contains(out, "\nmerged ") {
+		t.Fatalf("run:\n%s", out)
+	}
+	if _, err := os.Stat(leaf); !os.IsNotExist(err) {
+		t.Fatalf("the leaf is still there: %v", err)
+	}
+	if got, err := bv.LiveSHA256(); err != nil || got != want {
+		t.Fatalf("the VM's chain changed: %v", err)
+	}
+	mustHV(t, "check", bv.Leaf)
+}

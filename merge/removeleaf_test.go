@@ -1,0 +1,188 @@
+package merge
+
+import (
+	"crypto/sha256"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hvsnap/hvsnap/internal/storetest"
+	"github.com/hvsnap/hvsnap/vhd"
+)
+
+// branchVM: a VM running on a new branch off its first checkpoint (the
+// base); the abandoned branch's disk is an off-branch leaf, used by its
+// checkpoint unless deleted.
+func branchVM(t *testing.T, deleted bool) (*storetest.BuiltVM, string) {
+	t.Helper()
+	bv, err := storetest.BuildVM(t.TempDir(), storetest.VMSpec{Name: "web", LiveWriteBytes: 2 * MiB, CurrentAfter: 0,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1}, {Parent: 0, WriteBytes: 2 * MiB, Deleted: deleted}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bv.OffBranch) != 1 {
+		t.Fatalf("off-branch disks: %v", bv.OffBranch)
+	}
+	return bv, bv.OffBranch[0]
+}
+
+func fileDigest(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+// --remove-leaf: an off-branch leaf that nothing uses is removed without a
+// merge (the issue's rule, Hyper-V's behaviour); its parent is neither
+// written nor locked (the VM on the other branch holds it), the live chain
+// reads the same. A plain merge of it is refused and names --remove-leaf.
+func TestRemoveLeaf(t *testing.T) {
+	bv, leaf := branchVM(t, true)
+	want, err := bv.LiveSHA256()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = PlanMerge(leaf, &Options{PathMap: bv.PathMap, Volumes: bigVolumes})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "--remove-leaf") {
+		t.Fatalf("plain merge of the off-branch leaf: %v", err)
+	}
+	o := &Options{PathMap: bv.PathMap, Volumes: bigVolumes, RemoveLeaf: true}
+	p, err := PlanMerge(leaf, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Steps) != 1 || !p.Steps[0].Discard || p.Steps[0].CopyBytes != 0 || p.Steps[0].Growth != 0 || p.Steps[0].FreedBytes <= 0 || p.Into != bv.Base {
+		t.Fatalf("plan: %+v", p)
+	}
+	for _, f := range p.files() {
+		if f == bv.Base {
+			t.Fatal("the parent is among the files the removal locks")
+		}
+	}
+	baseSum, baseFi := fileDigest(t, bv.Base), mustStat(t, bv.Base)
+	release := holdLock(t, bv.Base) // the VM runs on the other branch
+	res, err := Run(p, o, nil)
+	release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Merged) != 0 || len(res.Removed) != 1 || res.Removed[0] != leaf || len(res.Growth) != 0 {
+		t.Fatalf("result: %+v", res)
+	}
+	if _, err := os.Stat(leaf); !os.IsNotExist(err) {
+		t.Fatalf("the leaf is still there: %v", err)
+	}
+	if fileDigest(t, bv.Base) != baseSum || !mustStat(t, bv.Base).ModTime().Equal(baseFi.ModTime()) {
+		t.Fatal("the parent was written")
+	}
+	if got, err := bv.LiveSHA256(); err != nil || got != want {
+		t.Fatalf("the live chain changed: %v", err)
+	}
+	if js, _ := FindJournals(filepath.Dir(bv.Base)); len(js) != 0 {
+		t.Fatalf("journals left: %v", js)
+	}
+}
+
+// Interrupted just before the removal, it is finished by Resume.
+func TestRemoveLeafResume(t *testing.T) {
+	bv, leaf := branchVM(t, true)
+	o := &Options{PathMap: bv.PathMap, Volumes: bigVolumes, RemoveLeaf: true}
+	p, err := PlanMerge(leaf, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type stop struct{}
+	o.Hook = func(pt string) {
+		if pt == "0/remove:start" {
+			panic(stop{})
+		}
+	}
+	func() {
+		defer func() {
+			if r := recover(); r == nil {
+				t.Fatal("the hook did not stop the run")
+			} else if _, ok := r.(stop); !ok {
+				panic(r)
+			}
+		}()
+		Run(p, o, nil)
+	}()
+	js, err := FindJournals(filepath.Dir(bv.Base))
+	if err != nil || len(js) != 1 {
+		t.Fatalf("journals: %v %v", js, err)
+	}
+	if _, err := os.Stat(leaf); err != nil {
+		t.Fatalf("stopped before the removal, yet: %v", err)
+	}
+	if _, err := Resume(js[0], &Options{PathMap: bv.PathMap, Volumes: bigVolumes}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(leaf); !os.IsNotExist(err) {
+		t.Fatalf("resume did not remove the leaf: %v", err)
+	}
+}
+
+// What --remove-leaf refuses, changing nothing.
+func TestRemoveLeafRefusals(t *testing.T) {
+	used, usedLeaf := branchVM(t, false) // its checkpoint still uses the leaf
+	chained, err := storetest.BuildVM(t.TempDir(), storetest.VMSpec{Name: "db", LiveWriteBytes: MiB, CurrentAfter: 1,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1}, {Parent: 0, WriteBytes: MiB, Deleted: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare := t.TempDir()
+	bareBase, bareLeaf := filepath.Join(bare, "base.vhdx"), filepath.Join(bare, "leaf.avhdx")
+	for _, cs := range []vhd.CreateSpec{{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 8 * MiB}, {Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: bareBase}} {
+		path := bareBase
+		if cs.Parent != "" {
+			path = bareLeaf
+		}
+		im, err := vhd.Create(path, cs, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Close()
+	}
+	stale, staleLeaf := branchVM(t, true)
+	cfg, err := storetest.UnreplayedVM(filepath.Join(stale.Root, "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, disk string
+		o          Options
+		want       string
+	}{
+		{"used by its checkpoint", usedLeaf, Options{PathMap: used.PathMap}, `--remove-leaf: checkpoint "web - (1)"`},
+		{"the VM's own disk", used.Leaf, Options{PathMap: used.PathMap}, `--remove-leaf: VM "web"`},
+		{"a disk others depend on", chained.Chain[1], Options{PathMap: chained.PathMap}, "depends on this disk (removing it would break that disk); it is not a leaf"},
+		{"no configuration to tell", bareLeaf, Options{}, "no VM configuration found"},
+		{"with --into", staleLeaf, Options{PathMap: stale.PathMap, Into: stale.Base}, "does not take --into"},
+		{"with --keep", staleLeaf, Options{PathMap: stale.PathMap, Keep: true}, "contradict"},
+		{"a configuration that may lack its last changes, even accepted", staleLeaf, Options{PathMap: stale.PathMap, Roots: []string{stale.Root}, AcceptStale: []string{cfg}}, "may lack its last changes"},
+	} {
+		tc.o.Volumes, tc.o.RemoveLeaf = bigVolumes, true
+		before := fileDigest(t, tc.disk)
+		_, err := PlanMerge(tc.disk, &tc.o)
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want a refusal saying %q", tc.name, err, tc.want)
+		}
+		if fileDigest(t, tc.disk) != before {
+			t.Errorf("%s: the disk changed", tc.name)
+		}
+	}
+}
+
+func mustStat(t *testing.T, p string) os.FileInfo {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
