@@ -311,7 +311,7 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	// An unused leaf whose parent cannot take its data is what Hyper-V
 	// removes without a merge: the refusals below say how.
 	leafHint := ""
-	if k == 1 && st.Scanned && len(st.Children[disk]) == 0 && len(st.uses(disk)) == 0 {
+	if k == 1 && st.Scanned && len(staleNotes) == 0 && len(st.Children[disk]) == 0 && len(st.uses(disk)) == 0 {
 		leafHint = fmt.Sprintf(" %s is a leaf that no disk depends on and no configuration uses: to remove it without merging (discarding its data, as Hyper-V does when it deletes such a checkpoint), run hvsnap merge --remove-leaf %s", filepath.Base(disk), quoteArg(disk))
 	}
 
