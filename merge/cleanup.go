@@ -190,18 +190,7 @@ func clearFlags(roots []string, o CleanupOptions, res *CleanupResult, rp *space.
 			return err
 		}
 	}
-	pending := map[string]bool{}
-	doubt := map[string]bool{}
-	for _, f := range rp.Findings {
-		switch f.Code {
-		case space.FindMergePending:
-			if f.Evidence["source"] == "chain" {
-				pending[f.VM] = true
-			}
-		case space.FindMissingDisk, space.FindMissingParent, space.FindLinkageMismatch, space.FindUnreadableDisk, space.FindExpandedParent:
-			doubt[f.VM] = true
-		}
-	}
+	pending, doubt := flagState(rp)
 	unfinished := len(pendingJournals(rp)) > 0
 	for _, v := range rp.VMs {
 		if !v.DiskMergePending || v.ConfigKind != vm.KindXML || pending[v.Name] {
@@ -222,6 +211,26 @@ func clearFlags(roots []string, o CleanupOptions, res *CleanupResult, rp *space.
 		res.Actions = append(res.Actions, a)
 	}
 	return nil
+}
+
+// flagState reads from the analysis rp, by VM name, whether a merge is
+// still pending on the VM's chains (a deleted checkpoint's disk still in
+// them) and whether anything about its disks is in doubt (missing, broken,
+// unreadable, expanded parent): what decides whether disk_merge_pending can
+// be cleared.
+func flagState(rp *space.Report) (pending, doubt map[string]bool) {
+	pending, doubt = map[string]bool{}, map[string]bool{}
+	for _, f := range rp.Findings {
+		switch f.Code {
+		case space.FindMergePending:
+			if f.Evidence["source"] == "chain" {
+				pending[f.VM] = true
+			}
+		case space.FindMissingDisk, space.FindMissingParent, space.FindLinkageMismatch, space.FindUnreadableDisk, space.FindExpandedParent:
+			doubt[f.VM] = true
+		}
+	}
+	return pending, doubt
 }
 
 // lockRoots takes the cleanup lock file in every root (canonical paths,

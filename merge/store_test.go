@@ -101,3 +101,44 @@ func TestMergeRefusesLiveCheckpoint(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// ClearPendingFlags after single merges: disk_merge_pending stays while a
+// deleted checkpoint's disk is still in the VM's chain and goes with the
+// last merge.
+func TestClearPendingFlagsAfterLastMerge(t *testing.T) {
+	bv, err := storetest.BuildVM(t.TempDir(), storetest.VMSpec{Name: "web", LiveWriteBytes: MiB, CurrentAfter: 2, DiskMergePending: true,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1, Deleted: true}, {Parent: 0, WriteBytes: MiB, Deleted: true}, {Parent: 1, WriteBytes: MiB, Deleted: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bv.Chain) != 4 {
+		t.Fatalf("chain: %v", bv.Chain)
+	}
+	flag := func() bool {
+		cfg, err := vm.ParseConfig(bv.ConfigPath, &vm.ParseOptions{PathMap: bv.PathMap})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.DiskMergePending
+	}
+	// Checkpoint 2's disk into 1's, 1's into the base, then the live leaf
+	// into the base (every checkpoint was deleted).
+	for i, disk := range []string{bv.Chain[1], bv.Chain[2], bv.Chain[0]} {
+		o := &Options{PathMap: bv.PathMap, Volumes: bigVolumes}
+		p, err := PlanMerge(disk, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Run(p, o, nil); err != nil {
+			t.Fatal(err)
+		}
+		changed, err := ClearPendingFlags(p, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := i == 2
+		if flag() == last || (len(changed) == 1) != last {
+			t.Fatalf("after merge %d: flag %v, changed %v", i+1, flag(), changed)
+		}
+	}
+}

@@ -314,7 +314,7 @@ func runMerge(c *cli.Context) error {
 	// --all merged every drive chain into its base: no merge is left
 	// pending, so the flag a deleted checkpoint left goes (as Hyper-V does;
 	// VMCX is never written).
-	var cleared []string
+	cleared := []string{}
 	if allCfg != nil && allCfg.DiskMergePending && allCfg.Kind == vm.KindXML {
 		changed, err := vm.ClearXMLMergePending(allCfg.Path)
 		if err != nil {
@@ -322,9 +322,22 @@ func runMerge(c *cli.Context) error {
 		}
 		if changed {
 			cleared = append(cleared, allCfg.Path)
-			if !c.Bool("json") {
-				fmt.Fprintf(w, "disk_merge_pending set to False in %s\n", allCfg.Path)
+		}
+	}
+	if allCfg == nil {
+		// One merge: the flag goes when the store shows no merge left
+		// pending on the VM's chains (and nothing in doubt).
+		for _, p := range plans {
+			changed, err := merge.ClearPendingFlags(p, o)
+			if err != nil {
+				return fmt.Errorf("merge: merged, but clearing disk_merge_pending failed: %w", err)
 			}
+			cleared = append(cleared, changed...)
+		}
+	}
+	if !c.Bool("json") {
+		for _, f := range cleared {
+			fmt.Fprintf(w, "disk_merge_pending set to False in %s\n", f)
 		}
 	}
 	if c.Bool("json") {

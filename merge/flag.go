@@ -1,0 +1,64 @@
+package merge
+
+import (
+	"context"
+
+	"github.com/hvsnap/hvsnap/space"
+	"github.com/hvsnap/hvsnap/vm"
+)
+
+// ClearPendingFlags is for after a merge run of p: it sets
+// disk_merge_pending to False in the XML configuration of every VM whose
+// chains held the merge's target, when the store (the plan's roots,
+// analysed again) shows no merge left pending on that VM's chains, nothing
+// about its disks in doubt and no unfinished merge — as Hyper-V clears the
+// flag once it has merged. VMCX is never written (Hyper-V clears the flag
+// itself when it next opens the VM). It returns the configurations changed.
+func ClearPendingFlags(p *Plan, o *Options) ([]string, error) {
+	if o == nil {
+		o = &Options{}
+	}
+	merged := false
+	for _, s := range p.Steps {
+		merged = merged || !s.Discard
+	}
+	if !merged {
+		return nil, nil
+	}
+	roots := o.Roots
+	if len(roots) == 0 {
+		roots = defaultRoots(p.Disk)
+	}
+	rp, err := space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.volumes()})
+	if err != nil {
+		return nil, err
+	}
+	if len(pendingJournals(rp)) > 0 {
+		return nil, nil
+	}
+	pending, doubt := flagState(rp)
+	var changed []string
+	for _, v := range rp.VMs {
+		if !v.DiskMergePending || v.ConfigKind != vm.KindXML || pending[v.Name] || doubt[v.Name] || doubt[""] || !treesHold(v.Chains, p.Into) {
+			continue
+		}
+		ok, err := vm.ClearXMLMergePending(v.ConfigPath)
+		if err != nil {
+			return changed, err
+		}
+		if ok {
+			changed = append(changed, v.ConfigPath)
+		}
+	}
+	return changed, nil
+}
+
+// treesHold reports whether path is a disk of one of the trees.
+func treesHold(ts []*space.Tree, path string) bool {
+	for _, t := range ts {
+		if canon(t.Path) == path || treesHold(t.Children, path) {
+			return true
+		}
+	}
+	return false
+}
