@@ -67,6 +67,8 @@ type Action struct {
 	// Notes: warnings the action went on with (e.g. an accepted
 	// possibly-stale configuration).
 	Notes []string `json:"notes,omitempty"`
+	// Discard: a "resume" of a removal without merge (merge --remove-leaf).
+	Discard bool `json:"discard,omitempty"`
 }
 
 // CleanupResult is what a cleanup run did.
@@ -177,7 +179,7 @@ func Cleanup(roots []string, o CleanupOptions, rep progress.Reporter) (*CleanupR
 func clearFlags(roots []string, o CleanupOptions, res *CleanupResult, rp *space.Report) error {
 	merged := map[string]bool{}
 	for _, a := range res.Actions {
-		if (a.Kind == "merge" || a.Kind == "resume") && a.Status == "done" {
+		if (a.Kind == "merge" || (a.Kind == "resume" && !a.Discard)) && a.Status == "done" {
 			merged[a.VM] = true
 			if a.Kind == "resume" {
 				merged[""] = true // the VM of a resumed merge is not recorded
@@ -298,7 +300,7 @@ func resumeAction(j string, o CleanupOptions, rep progress.Reporter) (Action, []
 	var children []string
 	plan, perr := readJournalPlan(j) // an unreadable one: Resume says why
 	if perr == nil {
-		a.Child, a.Parent = plan.Disk, plan.Into
+		a.Child, a.Parent, a.Discard = plan.Disk, plan.Into, plan.Discards()
 		for _, st := range plan.Steps {
 			children = append(children, st.Child)
 		}
@@ -489,18 +491,9 @@ func removeOrphan(path string, roots []string, pm vhd.PathMap, dryRun bool, gone
 	if _, err := st.consistent(path, nil, false); err != nil {
 		return err
 	}
-	c := canon(path)
-	var kids []string
-	for _, k := range append(st.Children[c], st.Broken[c]...) {
-		if !gone[k] { // (a dry run's) removals before this one
-			kids = append(kids, k)
-		}
-	}
-	if len(kids) > 0 {
-		return refused(path, "other disks depend on it: %v", kids)
-	}
-	if uses := st.uses(c); len(uses) > 0 {
-		return refused(path, "a configuration names it: %s", uses[0].cfg.Path)
+	// gone: (a dry run's) removals before this one.
+	if err := st.removalDoubt(canon(path), gone, ""); err != nil {
+		return err
 	}
 	l.Release()
 	if dryRun {

@@ -66,7 +66,7 @@ func Run(p *Plan, o *Options, rep progress.Reporter) (*Result, error) {
 	if err := p.CheckSpace(o); err != nil {
 		return nil, err
 	}
-	j, err := journal.Create(filepath.Dir(p.Into), "merge", p.files(), p)
+	j, err := journal.Create(p.dir(), "merge", p.files(), p)
 	if err != nil {
 		return nil, err
 	}
@@ -150,6 +150,9 @@ func ProbeJournal(path string) error {
 	return p.ProbeLocks()
 }
 
+// JournalPlan is the plan recorded in the merge journal at path.
+func JournalPlan(path string) (*Plan, error) { return readJournalPlan(path) }
+
 // readJournalPlan reads the plan a merge journal was created with.
 func readJournalPlan(path string) (*Plan, error) {
 	jr, err := journal.Read(path)
@@ -199,12 +202,13 @@ func Resume(path string, o *Options, rep progress.Reporter) (*Result, error) {
 		return nil, err
 	}
 	p := *pp
-	// A journal sits next to the merge's target. One found elsewhere was
-	// copied or moved with its folder: its records are about the files at
-	// the recorded paths, not the copies next to it.
-	if p.Into != "" && canon(filepath.Dir(path)) != canon(filepath.Dir(p.Into)) {
+	// A journal sits next to the merge's target (a removal's: next to the
+	// removed disk). One found elsewhere was copied or moved with its
+	// folder: its records are about the files at the recorded paths, not
+	// the copies next to it.
+	if p.Into != "" && canon(filepath.Dir(path)) != canon(p.dir()) {
 		return nil, refused(path, "this journal records a merge into %s, in another folder: it was copied or moved with its folder and belongs to the files there (resume it there: hvsnap merge --resume %s). The copies here are as that merge left them, and read the same: remove this journal, then merge the copy's disk again with hvsnap merge",
-			p.Into, quoteArg(filepath.Dir(p.Into)))
+			p.Into, quoteArg(p.dir()))
 	}
 	if len(o.PathMap) == 0 {
 		for _, s := range p.PathMap {
@@ -348,7 +352,14 @@ func fileSize(p string) int64 {
 func runStep(ss stepState, p *Plan, i int, o *Options, rep progress.Reporter, locks *lock.Set, res *Result) error {
 	st := &p.Steps[i]
 	if st.Discard {
-		return ss.do("remove", nil, func() (any, error) { return nil, removeChild(st, locks, res) })
+		return ss.do("remove", nil, func() (any, error) {
+			// Checked again under the lock, right before the removal (also
+			// when a resume, maybe a scheduled cleanup, gets here later).
+			if err := recheckRemoval(p, o); err != nil {
+				return nil, err
+			}
+			return nil, removeChild(st, locks, res)
+		})
 	}
 	var g vhd.GUID
 	if st.NewDataWriteGUID != "" {

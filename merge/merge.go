@@ -30,6 +30,7 @@ package merge
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/hvsnap/hvsnap/internal/progress"
@@ -130,6 +131,23 @@ type Plan struct {
 	Keep bool `json:"keep"`
 	// PathMap used while planning (resume uses the same).
 	PathMap []string `json:"path_map,omitempty"`
+	// Roots searched for dependent disks and configurations (a removal
+	// without merge checks them again right before it removes).
+	Roots []string `json:"roots,omitempty"`
+}
+
+// Discards reports whether the plan removes a disk without merging it
+// (--remove-leaf).
+func (p *Plan) Discards() bool { return len(p.Steps) == 1 && p.Steps[0].Discard }
+
+// dir is where the plan's journal lives: next to the merge's target, or,
+// for a removal without merge, next to the disk it removes (whose folder
+// the operator names).
+func (p *Plan) dir() string {
+	if p.Discards() {
+		return filepath.Dir(p.Disk)
+	}
+	return filepath.Dir(p.Into)
 }
 
 // Step merges Child into Parent.

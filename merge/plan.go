@@ -54,6 +54,13 @@ type Store struct {
 	VMs    []*vm.VM
 	// Scanned: whether VM configurations were found at all.
 	Scanned bool
+	// OrphanCheckpoints: checkpoint configurations no VM was matched to.
+	OrphanCheckpoints []*vm.Config
+	// Warnings of the scan (unreadable folders or configurations, VMs a
+	// host registry lists but that were not found, ...).
+	Warnings []vm.Warning
+	// parentOf: each scanned differencing disk's resolved parent.
+	parentOf map[string]string
 }
 
 // Discover scans roots (and the folders of extra) for disks and VM
@@ -87,7 +94,8 @@ func Discover(roots []string, extra []string, pm vhd.PathMap, wrap vhd.FileWrapp
 			}
 		}
 	}
-	s := &Store{Children: map[string][]string{}, Broken: map[string][]string{}, VMs: st.VMs, Scanned: len(st.VMs) > 0}
+	s := &Store{Children: map[string][]string{}, Broken: map[string][]string{}, VMs: st.VMs, Scanned: len(st.VMs) > 0,
+		OrphanCheckpoints: st.OrphanCheckpoints, Warnings: st.Warnings, parentOf: map[string]string{}}
 	for _, d := range disks {
 		im, err := vhd.Open(d, &vhd.Options{ReadOnly: true, PathMap: pm, Wrap: wrap})
 		if err != nil {
@@ -103,6 +111,7 @@ func Discover(roots []string, extra []string, pm vhd.PathMap, wrap vhd.FileWrapp
 			continue
 		}
 		p := canon(link.Path)
+		s.parentOf[d] = p
 		if link.LinkageOK {
 			s.Children[p] = append(s.Children[p], d)
 		} else {
@@ -268,7 +277,10 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 		return nil, busyError(js[0])
 	}
 
-	roots := o.Roots
+	var roots []string
+	for _, r := range o.Roots {
+		roots = append(roots, canon(r))
+	}
 	if len(roots) == 0 {
 		roots = defaultRoots(disk)
 	}
@@ -283,7 +295,7 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 		return nil, err
 	}
 
-	p := &Plan{Schema: PlanSchema, Disk: disk, Into: layers[k], Keep: o.Keep, Configs: []ConfigChange{}, Notes: staleNotes}
+	p := &Plan{Schema: PlanSchema, Disk: disk, Into: layers[k], Keep: o.Keep, Configs: []ConfigChange{}, Notes: staleNotes, Roots: roots}
 	if p.Notes == nil {
 		p.Notes = []string{}
 	}
@@ -311,8 +323,10 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	// An unused leaf whose parent cannot take its data is what Hyper-V
 	// removes without a merge: the refusals below say how.
 	leafHint := ""
-	if k == 1 && st.Scanned && len(staleNotes) == 0 && len(st.Children[disk]) == 0 && len(st.uses(disk)) == 0 {
-		leafHint = fmt.Sprintf(" %s is a leaf that no disk depends on and no configuration uses: to remove it without merging (discarding its data, as Hyper-V does when it deletes such a checkpoint), run hvsnap merge --remove-leaf %s", filepath.Base(disk), quoteArg(disk))
+	if k == 1 && len(staleNotes) == 0 {
+		if owner, err := st.leafRemovable(disk, layers[1], roots); err == nil {
+			leafHint = fmt.Sprintf(" %s is a checkpoint disk of %s off its live chain that no disk depends on and no configuration uses: to remove it without merging (discarding its data, as Hyper-V does when it deletes such a checkpoint), run %s", filepath.Base(disk), owner, removeLeafCommand(disk, o))
+		}
 	}
 
 	// Refusals from configurations: a checkpoint (or another VM) that uses
@@ -419,9 +433,7 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 }
 
 // planRemoveLeaf makes p the removal of the leaf layers[0] without a merge
-// (--remove-leaf), or refuses: only a leaf that no disk depends on and no
-// configuration in the roots uses is removed, and only when the roots held
-// configurations to tell.
+// (--remove-leaf), or refuses (leafRemovable).
 func planRemoveLeaf(p *Plan, st *Store, layers, roots []string, o *Options) error {
 	disk := layers[0]
 	switch {
@@ -429,23 +441,155 @@ func planRemoveLeaf(p *Plan, st *Store, layers, roots []string, o *Options) erro
 		return refused(disk, "--remove-leaf removes this disk alone: it does not take --into")
 	case o.Keep:
 		return refused(disk, "--remove-leaf and --keep contradict each other")
-	case !st.Scanned:
-		return refused(disk, "--remove-leaf: no VM configuration found under %s, so whether a VM or checkpoint uses this disk cannot be told; name the VM store with --root", strings.Join(roots, ", "))
 	}
-	if kids := st.Children[disk]; len(kids) > 0 {
-		return refused(disk, "--remove-leaf: %s %s on this disk (removing it would break %s); it is not a leaf", strings.Join(kids, ", "), plural(len(kids), "depends", "depend"), plural(len(kids), "that disk", "those disks"))
+	owner, err := st.leafRemovable(disk, layers[1], roots)
+	if err != nil {
+		return err
 	}
-	for _, u := range st.uses(disk) {
+	p.Into = layers[1]
+	p.Steps = []Step{{Child: disk, Parent: layers[1], Children: []string{}, Discard: true}}
+	p.Notes = append(p.Notes, fmt.Sprintf("%s is removed without merging: its data is discarded. It is a checkpoint disk of %s off its live chain that no disk depends on and no configuration under %s uses; %s is not written. hvsnap sees only the configurations under these folders: a VM configured elsewhere that uses this disk would lose it (name such folders with --root)",
+		disk, owner, strings.Join(roots, ", "), layers[1]))
+	return nil
+}
+
+// removeLeafCommand is the hvsnap command line that removes disk without a
+// merge with the same path maps and roots.
+func removeLeafCommand(disk string, o *Options) string {
+	cmd := "hvsnap merge --remove-leaf"
+	for _, m := range o.PathMap {
+		cmd += " --path-map " + quoteArg(m.String())
+	}
+	for _, r := range o.Roots {
+		cmd += " --root " + quoteArg(r)
+	}
+	return cmd + " " + quoteArg(disk)
+}
+
+// leafRemovable says whether the leaf disk (canonical; its parent parent)
+// may be removed without a merge, and names the VM it belongs to: a
+// checkpoint disk (.avhd/.avhdx: Hyper-V makes those for checkpoints only)
+// whose parent belongs to a VM found under the roots (named by one of its
+// configurations, or below one of the disks they name), that nothing needs
+// (removalDoubt).
+func (s *Store) leafRemovable(disk, parent string, roots []string) (string, error) {
+	if !s.Scanned {
+		return "", refused(disk, "--remove-leaf: no VM configuration found under %s, so whether a VM or checkpoint uses this disk cannot be told; name the VM store with --root", strings.Join(roots, ", "))
+	}
+	if ext := strings.ToLower(filepath.Ext(disk)); ext != ".avhd" && ext != ".avhdx" {
+		return "", refused(disk, "--remove-leaf: not a checkpoint disk (.avhd/.avhdx): a differencing disk made by hand may be a VM's own disk; hvsnap removes only checkpoint disks")
+	}
+	if err := s.removalDoubt(disk, nil, "--remove-leaf: "); err != nil {
+		return "", err
+	}
+	owner := s.owner(parent)
+	if owner == "" {
+		return "", refused(disk, "--remove-leaf: its parent %s belongs to no VM found under %s (no configuration there names it or a disk made from it), so this disk may be the disk of a VM configured elsewhere; name the folder with that VM's configuration with --root", parent, strings.Join(roots, ", "))
+	}
+	return owner, nil
+}
+
+// owner names the VM whose configurations name disk or a disk below it
+// ("" when none does).
+func (s *Store) owner(disk string) string {
+	for _, v := range s.VMs {
+		for _, c := range v.Configs() {
+			if c == nil {
+				continue
+			}
+			for _, d := range c.Disks {
+				if d.LocalPath == "" {
+					continue
+				}
+				for x, n := canon(d.LocalPath), 0; x != "" && n < 256; x, n = s.parentOf[x], n+1 {
+					if x == disk {
+						return fmt.Sprintf("VM %q (%s)", v.Config.Name, v.Config.Path)
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// removalDoubt says why removing disk (canonical) could lose what another
+// disk or a configuration needs, or nil: a disk depends on it (also one
+// whose linkage to it no longer matches: a repairable child), a
+// configuration names it (a checkpoint's not matched to any VM too), a
+// configuration under the roots could not be read (it may name it: the
+// scan's warnings), or a configuration names a file of its name that did
+// not resolve to an existing local file (a missing --path-map). gone lists
+// disks already removed by this run; prefix starts each message.
+func (s *Store) removalDoubt(disk string, gone map[string]bool, prefix string) error {
+	var kids []string
+	for _, k := range append(append([]string(nil), s.Children[disk]...), s.Broken[disk]...) {
+		if !gone[k] {
+			kids = append(kids, k)
+		}
+	}
+	if len(kids) > 0 {
+		return refused(disk, "%s%s %s on this disk (removing it would break %s); it is not a leaf", prefix, strings.Join(kids, ", "), plural(len(kids), "depends", "depend"), plural(len(kids), "that disk", "those disks"))
+	}
+	for _, u := range s.uses(disk) {
 		what := "VM"
 		if u.checkpoint {
 			what = "checkpoint"
 		}
-		return refused(disk, "--remove-leaf: %s %q (%s, %s) uses this disk: removing it would lose that state. Delete the checkpoint (or detach the drive) in Hyper-V first", what, u.cfg.Name, u.cfg.Path, u.drive.Location())
+		return refused(disk, "%s%s %q (%s, %s) uses this disk: removing it would lose that state. Delete the checkpoint (or detach the drive) in Hyper-V first", prefix, what, u.cfg.Name, u.cfg.Path, u.drive.Location())
 	}
-	p.Into = layers[1]
-	p.Steps = []Step{{Child: disk, Parent: layers[1], Children: []string{}, Discard: true}}
-	p.Notes = append(p.Notes, fmt.Sprintf("%s is removed without merging: its data is discarded (no disk depends on it and no configuration under %s uses it); %s is not written", disk, strings.Join(roots, ", "), layers[1]))
+	for _, w := range s.Warnings {
+		return refused(disk, "%sa configuration or folder under the roots could not be read (%s), and it may use this disk; nothing is removed while the store cannot be read whole", prefix, w)
+	}
+	base := strings.ToLower(filepath.Base(disk))
+	var cfgs []*vm.Config
+	for _, v := range s.VMs {
+		cfgs = append(cfgs, v.Configs()...)
+	}
+	cfgs = append(cfgs, s.OrphanCheckpoints...)
+	for _, c := range cfgs {
+		if c == nil {
+			continue
+		}
+		for _, d := range c.Disks {
+			if d.LocalPath != "" && canon(d.LocalPath) == disk {
+				return refused(disk, "%scheckpoint configuration %s (not matched to any VM found) names this disk: removing it would lose that checkpoint's state", prefix, c.Path)
+			}
+			win := strings.ToLower(d.WindowsPath)
+			if i := strings.LastIndexAny(win, `\/`); i >= 0 {
+				win = win[i+1:]
+			}
+			if win == base && (d.LocalPath == "" || !d.Exists) {
+				return refused(disk, "%s%s names %s, which did not resolve to a local file (a missing --path-map?): it may be this disk", prefix, c.Path, d.WindowsPath)
+			}
+		}
+	}
 	return nil
+}
+
+// recheckRemoval checks a removal without merge again, right before it
+// removes (the store may have changed since the plan, or since the
+// interruption a resume finishes): the same rules as the plan.
+func recheckRemoval(p *Plan, o *Options) error {
+	st := &p.Steps[0]
+	roots := p.Roots
+	if len(roots) == 0 {
+		roots = defaultRoots(p.Disk)
+	}
+	var live []string
+	for _, r := range roots {
+		if _, err := os.Stat(r); err == nil {
+			live = append(live, r)
+		}
+	}
+	s, err := Discover(live, []string{st.Child}, o.PathMap, o.Wrap)
+	if err != nil {
+		return fmt.Errorf("merge: %w", err)
+	}
+	if _, err := s.consistent(st.Child, nil, false); err != nil {
+		return err
+	}
+	_, err = s.leafRemovable(st.Child, st.Parent, live)
+	return err
 }
 
 // refuseDamaged refuses path (open as im) when hvsnap check finds an error

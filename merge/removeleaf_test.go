@@ -10,6 +10,7 @@ import (
 
 	"github.com/hvsnap/hvsnap/internal/storetest"
 	"github.com/hvsnap/hvsnap/vhd"
+	"github.com/hvsnap/hvsnap/vm"
 )
 
 // branchVM: a VM running on a new branch off its first checkpoint (the
@@ -185,4 +186,132 @@ func mustStat(t *testing.T, p string) os.FileInfo {
 		t.Fatal(err)
 	}
 	return fi
+}
+
+// The audit's cases: --remove-leaf must not remove a disk that something
+// it cannot see, or cannot read, may still need.
+func TestRemoveLeafRefusesWhatItCannotTell(t *testing.T) {
+	// 1. A VM whose configuration lives elsewhere keeps its disks in a
+	// shared folder that also holds an unrelated VM: its live disk is no
+	// off-branch leaf of any VM found.
+	top := t.TempDir()
+	shared := filepath.Join(top, "hv")
+	web, err := storetest.BuildVM(filepath.Join(top, "cfgs"), storetest.VMSpec{Name: "web", LiveWriteBytes: MiB,
+		DiskDir: filepath.Join(shared, "Virtual Hard Disks"), Checkpoints: []storetest.CheckpointSpec{{Parent: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := storetest.BuildVM(shared, storetest.VMSpec{Name: "imp"}); err != nil {
+		t.Fatal(err)
+	}
+	// 2. A store one of whose configurations cannot be read.
+	corrupt, corruptLeaf := branchVM(t, true)
+	if _, err := storetest.BuildVM(corrupt.Root, storetest.VMSpec{Name: "db"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(corrupt.ConfigPath, []byte("<?xml version=\"1.0\"?><configuration><broken"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// 3. Another VM names the leaf by a Windows path that does not resolve
+	// here (no --path-map).
+	named, namedLeaf := branchVM(t, true)
+	db, err := storetest.BuildVM(named.Root, storetest.VMSpec{Name: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := vm.RewriteXMLDiskPath(db.ConfigPath, db.WindowsPath[db.Leaf], `Z:\elsewhere\`+filepath.Base(namedLeaf)); err != nil || n != 1 {
+		t.Fatalf("rewrite db's drive: %d %v", n, err)
+	}
+	// 4. A child whose linkage no longer matches the leaf (repairable with
+	// hvsnap reparent) still depends on it.
+	broken, brokenLeaf := branchVM(t, true)
+	child := filepath.Join(filepath.Dir(brokenLeaf), "child.avhdx")
+	im, err := vhd.Create(child, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: brokenLeaf}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+	lim, err := vhd.Open(brokenLeaf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lim.SetDataWriteGUID(vhd.NewGUID()); err != nil {
+		t.Fatal(err)
+	}
+	lim.Close()
+	// 5. A hand-made differencing disk (.vhdx), nothing using it.
+	hand, _ := branchVM(t, true)
+	handDisk := filepath.Join(filepath.Dir(hand.Base), "scratch.vhdx")
+	if im, err = vhd.Create(handDisk, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: hand.Base}, nil); err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+
+	for _, tc := range []struct {
+		name, disk string
+		o          Options
+		want       string
+	}{
+		{"a VM configured elsewhere", web.Leaf, Options{PathMap: web.PathMap}, "belongs to no VM found"},
+		{"an unreadable configuration", corruptLeaf, Options{PathMap: corrupt.PathMap, Roots: []string{corrupt.Root}}, "could not be read"},
+		{"an unresolved drive of its name", namedLeaf, Options{Roots: []string{named.Root}}, `Z:\elsewhere\`},
+		{"a child whose linkage no longer matches", brokenLeaf, Options{PathMap: broken.PathMap}, "child.avhdx depends on this disk"},
+		{"not a checkpoint disk", handDisk, Options{PathMap: hand.PathMap}, "not a checkpoint disk"},
+	} {
+		tc.o.Volumes, tc.o.RemoveLeaf = bigVolumes, true
+		before := fileDigest(t, tc.disk)
+		_, err := PlanMerge(tc.disk, &tc.o)
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want a refusal saying %q", tc.name, err, tc.want)
+		}
+		// The plain merge's refusal does not offer --remove-leaf either.
+		tc.o.RemoveLeaf = false
+		if _, err := PlanMerge(tc.disk, &tc.o); err != nil && strings.Contains(err.Error(), "--remove-leaf") {
+			t.Errorf("%s: a plain merge offers --remove-leaf: %v", tc.name, err)
+		}
+		if fileDigest(t, tc.disk) != before {
+			t.Errorf("%s: the disk changed", tc.name)
+		}
+	}
+}
+
+// A removal interrupted and resumed later is checked again: a disk made
+// from the leaf in between keeps it.
+func TestRemoveLeafResumeChecksAgain(t *testing.T) {
+	bv, leaf := branchVM(t, true)
+	o := &Options{PathMap: bv.PathMap, Volumes: bigVolumes, RemoveLeaf: true}
+	p, err := PlanMerge(leaf, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type stop struct{}
+	o.Hook = func(pt string) {
+		if pt == "journal" {
+			panic(stop{})
+		}
+	}
+	func() {
+		defer func() {
+			if _, ok := recover().(stop); !ok {
+				t.Fatal("the hook did not stop the run")
+			}
+		}()
+		Run(p, o, nil)
+	}()
+	js, err := FindJournals(filepath.Dir(leaf))
+	if err != nil || len(js) != 1 || filepath.Dir(js[0]) != filepath.Dir(leaf) {
+		t.Fatalf("journals next to the leaf: %v %v", js, err)
+	}
+	im, err := vhd.Create(filepath.Join(filepath.Dir(leaf), "later.avhdx"), vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: leaf}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+	_, err = Resume(js[0], &Options{PathMap: bv.PathMap, Volumes: bigVolumes}, nil)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "later.avhdx depends on this disk") {
+		t.Fatalf("resume: %v", err)
+	}
+	if _, err := os.Stat(leaf); err != nil {
+		t.Fatalf("the leaf was removed: %v", err)
+	}
 }

@@ -144,7 +144,11 @@ func runCleanup(c *cli.Context) error {
 			case "clear-flag":
 				fmt.Fprintf(w, "%-11s disk_merge_pending set to False in %s (VM %q: no merge left pending)", a.Status, a.Child, a.VM)
 			case "resume":
-				fmt.Fprintf(w, "%-11s finish the interrupted merge of %s into %s (journal %s)", a.Status, a.Child, a.Parent, a.Journal)
+				if a.Discard {
+					fmt.Fprintf(w, "%-11s finish the interrupted removal WITHOUT MERGING (merge --remove-leaf) of %s (journal %s)", a.Status, a.Child, a.Journal)
+				} else {
+					fmt.Fprintf(w, "%-11s finish the interrupted merge of %s into %s (journal %s)", a.Status, a.Child, a.Parent, a.Journal)
+				}
 			default:
 				fmt.Fprintf(w, "%-11s remove orphan %s (%s, id %s)", a.Status, a.Child, human(a.ChildSize), a.ChildID)
 			}

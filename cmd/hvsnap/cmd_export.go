@@ -71,7 +71,7 @@ func runExport(c *cli.Context) error {
 	if errors.As(err, &be) {
 		// An interrupted merge of these disks: finish it, then export.
 		for _, j := range be.Journals {
-			if ferr := finishJournal(c, j, &merge.Options{PathMap: pm}); ferr != nil {
+			if _, ferr := finishJournal(c, j, &merge.Options{PathMap: pm}); ferr != nil {
 				return fmt.Errorf("%v; finishing it failed: %w", err, ferr)
 			}
 		}

@@ -152,6 +152,9 @@ func runMerge(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.RemoveLeaf && (c.Bool("resume") || c.String("into") != "" || c.Bool("keep")) {
+		return usagef("merge: --remove-leaf removes DISK alone: it takes no --resume, --into or --keep")
+	}
 	if c.Bool("resume") {
 		return runMergeResume(c, o)
 	}
@@ -178,6 +181,7 @@ func runMerge(c *cli.Context) error {
 	}
 	var plans []*merge.Plan
 	resumedAll := []string{} // disks the interrupted merges finished had merged
+	removedAll := []string{} // disks interrupted removals without merge (--remove-leaf) finished removing
 	pending := []string{}    // dry run: journals the real run would finish first
 	for _, d := range disks {
 		oo := *o
@@ -203,8 +207,12 @@ func runMerge(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		if finished {
+		switch finished {
+		case "merged":
 			resumedAll = append(resumedAll, d)
+			continue
+		case "removed":
+			removedAll = append(removedAll, d)
 			continue
 		}
 		plans = append(plans, p)
@@ -212,7 +220,7 @@ func runMerge(c *cli.Context) error {
 	w := c.App.Writer
 	if len(plans) == 0 {
 		if c.Bool("json") {
-			doc := map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, "nothing_to_do": len(resumedAll) == 0 && len(pending) == 0, "merged_by_resume": resumedAll}
+			doc := map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, "nothing_to_do": len(resumedAll) == 0 && len(removedAll) == 0 && len(pending) == 0, "merged_by_resume": resumedAll, "removed_by_resume": removedAll}
 			if c.Bool("dry-run") {
 				doc["dry_run"], doc["pending_journals"] = true, pending
 			}
@@ -222,8 +230,13 @@ func runMerge(c *cli.Context) error {
 			fmt.Fprintln(w, "dry run: nothing was changed")
 			return nil
 		}
-		if len(resumedAll) > 0 {
-			fmt.Fprintf(w, "%s: merged by the interrupted merge just finished; nothing left to do\n", strings.Join(resumedAll, ", "))
+		if len(resumedAll) > 0 || len(removedAll) > 0 {
+			if len(resumedAll) > 0 {
+				fmt.Fprintf(w, "%s: merged by the interrupted merge just finished; nothing left to do\n", strings.Join(resumedAll, ", "))
+			}
+			if len(removedAll) > 0 {
+				fmt.Fprintf(w, "%s: removed WITHOUT MERGING (its data discarded) by the interrupted --remove-leaf just finished; nothing left to do\n", strings.Join(removedAll, ", "))
+			}
 			return nil
 		}
 		fmt.Fprintln(w, "nothing to merge: the VM's drives have no checkpoint disks")
@@ -349,7 +362,9 @@ func runMerge(c *cli.Context) error {
 // planWithResume plans a merge; an interrupted merge of the same disks is
 // finished first. finished: that merge already merged disk (nothing left
 // to plan).
-func planWithResume(c *cli.Context, disk string, o *merge.Options) (p *merge.Plan, finished bool, err error) {
+// finished: "merged" or "removed" when an interrupted merge (or removal
+// without merge) of disk, just finished, left nothing to do.
+func planWithResume(c *cli.Context, disk string, o *merge.Options) (p *merge.Plan, finished string, err error) {
 	if c.Bool("dry-run") {
 		// A dry run changes nothing: an interrupted merge of these disks is
 		// named (the real run finishes it first), not finished.
@@ -358,50 +373,60 @@ func planWithResume(c *cli.Context, disk string, o *merge.Options) (p *merge.Pla
 			if js, ferr := merge.FindJournals(disk); ferr == nil && len(js) > 0 {
 				for _, j := range js {
 					if perr := merge.ProbeJournal(j); perr != nil {
-						return nil, false, fmt.Errorf("merge: the merge recorded in %s is not finished and its disks are in use (still running in another process, or a VM holds them): %w", j, perr)
+						return nil, "", fmt.Errorf("merge: the merge recorded in %s is not finished and its disks are in use (still running in another process, or a VM holds them): %w", j, perr)
 					}
 				}
-				return nil, false, &pendingDry{disk: disk, journals: js}
+				return nil, "", &pendingDry{disk: disk, journals: js}
 			}
 		}
-		return p, false, mergeErr(err)
+		return p, "", mergeErr(err)
 	}
 	if _, serr := os.Stat(disk); os.IsNotExist(serr) {
 		// Killed after the disk was removed: its journal is still next to it.
 		js, jerr := journal.Involving(disk)
 		if jerr == nil && len(js) > 0 && js[0].Header.Op == "merge" {
+			done := "merged"
 			for _, j := range js {
-				if err := finishJournal(c, j.Path, o); err != nil {
-					return nil, false, err
+				removal, err := finishJournal(c, j.Path, o)
+				if err != nil {
+					return nil, "", err
+				}
+				if removal {
+					done = "removed"
 				}
 			}
-			return nil, true, nil
+			return nil, done, nil
 		}
 	}
 	p, err = merge.PlanMerge(disk, o)
 	if err == nil || !errors.Is(err, merge.ErrBusy) {
 		if err != nil {
-			return nil, false, mergeErr(err)
+			return nil, "", mergeErr(err)
 		}
-		return p, false, nil
+		return p, "", nil
 	}
 	js, ferr := merge.FindJournals(disk)
 	if ferr != nil || len(js) == 0 {
-		return nil, false, mergeErr(err) // another kind of operation: not ours to finish
+		return nil, "", mergeErr(err) // another kind of operation: not ours to finish
 	}
+	done := "merged"
 	for _, j := range js {
-		if err := finishJournal(c, j, o); err != nil {
-			return nil, false, err
+		removal, err := finishJournal(c, j, o)
+		if err != nil {
+			return nil, "", err
+		}
+		if removal {
+			done = "removed"
 		}
 	}
 	if _, err := os.Stat(disk); os.IsNotExist(err) {
-		return nil, true, nil
+		return nil, done, nil
 	}
 	p, err = merge.PlanMerge(disk, o)
 	if err != nil {
-		return nil, false, mergeErr(err)
+		return nil, "", mergeErr(err)
 	}
-	return p, false, nil
+	return p, "", nil
 }
 
 // pendingDry: in a dry run, an interrupted merge of the disk that the real
@@ -418,17 +443,21 @@ func (e *pendingDry) Error() string {
 // finishJournal finishes the interrupted merge recorded in j; one whose
 // disks are held (it is still running in another process) is reported as
 // such.
-func finishJournal(c *cli.Context, j string, o *merge.Options) error {
+func finishJournal(c *cli.Context, j string, o *merge.Options) (removal bool, err error) {
+	what := "merge"
+	if p, err := merge.JournalPlan(j); err == nil && p.Discards() {
+		removal, what = true, "removal without merge (--remove-leaf)"
+	}
 	oo := *o
-	oo.Into, oo.Keep = "", false
+	oo.Into, oo.Keep, oo.RemoveLeaf = "", false, false
 	if _, err := merge.Resume(j, &oo, reporter(c)); err != nil {
 		if errors.Is(err, lock.ErrInUse) {
-			return fmt.Errorf("merge: the merge recorded in %s is not finished and its disks are in use (still running in another process, or a VM holds them): %w", j, err)
+			return removal, fmt.Errorf("merge: the %s recorded in %s is not finished and its disks are in use (still running in another process, or a VM holds them): %w", what, j, err)
 		}
-		return mergeErr(err)
+		return removal, mergeErr(err)
 	}
-	fmt.Fprintf(c.App.ErrWriter, "hvsnap: finished the interrupted merge recorded in %s\n", j)
-	return nil
+	fmt.Fprintf(c.App.ErrWriter, "hvsnap: finished the interrupted %s recorded in %s\n", what, j)
+	return removal, nil
 }
 
 func runMergeResume(c *cli.Context, o *merge.Options) error {

@@ -807,8 +807,13 @@ func TestCLIMergeRemoveLeaf(t *testing.T) {
 	leaf := bv.OffBranch[0]
 	want, _ := bv.LiveSHA256()
 	code, out, errs := hv(t, "merge", "--yes", "--path-map", pm, leaf)
-	if code != exitError || !strings.Contains(errs, "hvsnap merge --remove-leaf") {
+	if code != exitError || !strings.Contains(errs, "hvsnap merge --remove-leaf --path-map ") {
 		t.Fatalf("plain merge: exit %d\n%s%s", code, out, errs)
+	}
+	for _, extra := range [][]string{{"--into", bv.Base}, {"--keep"}, {"--resume"}} {
+		if code, _, errs := hv(t, append(append([]string{"merge", "--remove-leaf"}, extra...), leaf)...); code != exitUsage {
+			t.Fatalf("--remove-leaf %v: exit %d %s", extra, code, errs)
+		}
 	}
 	out = mustHV(t, "merge", "--dry-run", "--remove-leaf", "--path-map", pm, leaf)
 	if !strings.Contains(out, "removal plan (--remove-leaf)") || !strings.Contains(out, "WITHOUT MERGING (its data is discarded") {
@@ -843,4 +848,52 @@ func TestCLIMergeRemoveLeaf(t *testing.T) {
 		t.Fatalf("the VM's chain changed: %v", err)
 	}
 	mustHV(t, "check", bv.Leaf)
+}
+
+// An interrupted --remove-leaf is finished by a later merge or cleanup,
+// which say that the disk was removed without merging (not "merged").
+func TestCLIInterruptedRemoveLeaf(t *testing.T) {
+	for _, by := range []string{"merge", "cleanup"} {
+		root := filepath.Join(t.TempDir(), "VMs")
+		bv, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", LiveWriteBytes: 1 << 20, CurrentAfter: 0,
+			Checkpoints: []storetest.CheckpointSpec{{Parent: -1}, {Parent: 0, WriteBytes: 1 << 20, Deleted: true}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pm := storetest.WindowsRoot + "=" + root
+		leaf := bv.OffBranch[0]
+		o := &merge.Options{PathMap: bv.PathMap, RemoveLeaf: true, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}
+		p, err := merge.PlanMerge(leaf, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type stop struct{}
+		o.Hook = func(pt string) {
+			if pt == "0/remove:start" {
+				panic(stop{})
+			}
+		}
+		func() {
+			defer func() { recover() }()
+			merge.Run(p, o, nil)
+		}()
+		if _, err := os.Stat(leaf); err != nil {
+			t.Fatal(err)
+		}
+		if by == "merge" {
+			code, out, errs := hv(t, "merge", "--yes", "--path-map", pm, leaf)
+			if code != exitOK || !strings.Contains(errs, "finished the interrupted removal without merge (--remove-leaf)") || !strings.Contains(out, "removed WITHOUT MERGING") || strings.Contains(out, "merged by") {
+				t.Fatalf("merge: exit %d\n%s%s", code, out, errs)
+			}
+		} else {
+			out := mustHV(t, "cleanup", "--dry-run", "--path-map", pm, root)
+			if !strings.Contains(out, "finish the interrupted removal WITHOUT MERGING (merge --remove-leaf) of "+leaf) {
+				t.Fatalf("cleanup --dry-run:\n%s", out)
+			}
+			mustHV(t, "cleanup", "--path-map", pm, root)
+		}
+		if _, err := os.Stat(leaf); !os.IsNotExist(err) {
+			t.Fatalf("%s: the leaf is still there: %v", by, err)
+		}
+	}
 }
