@@ -1126,12 +1126,29 @@ func (a *analysis) finish() {
 			s.CheckpointBytes += d.Allocated
 		}
 	}
+	// Each file once: an off-branch leaf of a VM's tree is often an
+	// orphan too (no checkpoint names it), and a leaf below a parent two
+	// VMs share is in both VMs' trees.
+	reclaim := map[string]bool{}
 	for _, v := range a.rep.VMs {
-		s.ReclaimableBytes += v.Reclaimable
+		for _, t := range v.Chains {
+			walkTree(t, func(t *Tree) {
+				if d := a.disks[t.Path]; d != nil && !d.OnLiveChain && len(d.Children) == 0 && d.Type == string(vhd.TypeDifferencing) {
+					reclaim[d.Path] = true
+				}
+			})
+		}
 	}
 	for _, f := range a.rep.Findings {
 		if f.Code == FindOrphan {
-			s.ReclaimableBytes += f.Bytes
+			for _, p := range f.Paths {
+				reclaim[p] = true
+			}
+		}
+	}
+	for p := range reclaim {
+		if d := a.disks[p]; d != nil {
+			s.ReclaimableBytes += d.Allocated
 		}
 	}
 	for _, v := range a.rep.Volumes {

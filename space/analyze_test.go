@@ -516,3 +516,35 @@ func TestAnalyzeTmpfs(t *testing.T) {
 		}
 	}
 }
+
+// An abandoned branch's leaf whose checkpoint was deleted is both a VM's
+// off-branch leaf and an orphan: the store's reclaimable bytes count it
+// once.
+func TestReclaimableCountsEachFileOnce(t *testing.T) {
+	root := t.TempDir()
+	bv, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", LiveWriteBytes: 1 << 20, CurrentAfter: 0,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1}, {Parent: 0, WriteBytes: 2 << 20, Deleted: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Analyze(context.Background(), []string{root}, Options{PathMap: bv.PathMap, Volumes: StaticVolumes{{Mount: root, Size: 1 << 40, Free: 1 << 39}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaf *Disk
+	orphan := false
+	for _, d := range r.Disks {
+		if d.Path == bv.OffBranch[0] {
+			leaf = d
+		}
+	}
+	for _, f := range r.Findings {
+		orphan = orphan || (f.Code == FindOrphan && len(f.Paths) == 1 && f.Paths[0] == bv.OffBranch[0])
+	}
+	if leaf == nil || leaf.Allocated <= 0 || !orphan || len(r.VMs) != 1 || r.VMs[0].Reclaimable != leaf.Allocated {
+		t.Fatalf("setup: leaf %+v, orphan finding %v, VMs %d", leaf, orphan, len(r.VMs))
+	}
+	if r.Summary.ReclaimableBytes != leaf.Allocated {
+		t.Fatalf("reclaimable %d, want the leaf's %d once", r.Summary.ReclaimableBytes, leaf.Allocated)
+	}
+}
