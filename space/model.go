@@ -183,7 +183,7 @@ type VM struct {
 	Chains           []*Tree      `json:"chains"` // one tree per base disk the VM's drives stand on
 	Volumes          []string     `json:"volumes"`
 	Allocated        int64        `json:"allocated"`   // all its disk and state files
-	Reclaimable      int64        `json:"reclaimable"` // off-branch leaves + saved state
+	Reclaimable      int64        `json:"reclaimable"` // off-branch leaves (saved state: a saved-state finding, not counted)
 	// MergeNeed: the most extra space any merge of its checkpoints needs now:
 	// the largest single-link merge growth, or the peak while collapsing a
 	// whole live chain into its base, whichever is larger.

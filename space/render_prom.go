@@ -72,7 +72,7 @@ func WriteProm(w io.Writer, r *Report) error {
 		}
 	}
 	vmGauge("hvsnap_vm_allocated_bytes", "Bytes allocated by the VM's disk and state files.", func(v *VM) float64 { return float64(v.Allocated) })
-	vmGauge("hvsnap_vm_reclaimable_bytes", "Bytes deleting the VM's off-branch checkpoint disks and saved state would free.", func(v *VM) float64 { return float64(v.Reclaimable) })
+	vmGauge("hvsnap_vm_reclaimable_bytes", "Bytes deleting the VM's off-branch checkpoint disks would free.", func(v *VM) float64 { return float64(v.Reclaimable) })
 	vmGauge("hvsnap_vm_merge_need_bytes", "Peak extra space collapsing all the VM's checkpoints now needs.", func(v *VM) float64 { return float64(v.MergeNeed) })
 	vmGauge("hvsnap_vm_checkpoints", "Checkpoint configurations of the VM.", func(v *VM) float64 { return float64(len(v.Checkpoints)) })
 	vmGauge("hvsnap_vm_checkpoint_depth", "Deepest differencing chain of the VM (differencing layers above the base disk).", func(v *VM) float64 { return float64(vmMaxDepth(idx, v)) })
