@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hvsnap/hvsnap/internal/fsutil"
@@ -217,22 +218,64 @@ func clearFlags(roots []string, o CleanupOptions, res *CleanupResult, rp *space.
 
 // flagState reads from the analysis rp, by VM name, whether a merge is
 // still pending on the VM's chains (a deleted checkpoint's disk still in
-// them) and whether anything about its disks is in doubt (missing, broken,
-// unreadable, expanded parent): what decides whether disk_merge_pending can
-// be cleared.
+// them: space's merge-pending finding, or any differencing disk on its live
+// chain that neither the VM nor one of its checkpoints names, such as a
+// deleted checkpoint's disk where another branch also starts) and whether
+// anything about its disks is in doubt (missing, broken, unreadable,
+// expanded parent): what decides whether disk_merge_pending can be
+// cleared. A finding about a disk several VMs share names them all.
 func flagState(rp *space.Report) (pending, doubt map[string]bool) {
 	pending, doubt = map[string]bool{}, map[string]bool{}
 	for _, f := range rp.Findings {
-		switch f.Code {
-		case space.FindMergePending:
-			if f.Evidence["source"] == "chain" {
-				pending[f.VM] = true
+		for _, name := range strings.Split(f.VM, ", ") {
+			switch f.Code {
+			case space.FindMergePending:
+				if f.Evidence["source"] == "chain" {
+					pending[name] = true
+				}
+			case space.FindMissingDisk, space.FindMissingParent, space.FindLinkageMismatch, space.FindUnreadableDisk, space.FindExpandedParent:
+				doubt[name] = true
 			}
-		case space.FindMissingDisk, space.FindMissingParent, space.FindLinkageMismatch, space.FindUnreadableDisk, space.FindExpandedParent:
-			doubt[f.VM] = true
+		}
+	}
+	disks := map[string]*space.Disk{}
+	for _, d := range rp.Disks {
+		disks[d.Path] = d
+	}
+	for _, v := range rp.VMs {
+		named := map[string]bool{}
+		for _, d := range v.Drives {
+			named[d.Path] = true
+		}
+		for _, c := range v.Checkpoints {
+			for _, d := range c.Disks {
+				named[d] = true
+			}
+		}
+		for x := range liveChain(v, disks) {
+			if d := disks[x]; d != nil && d.Type == string(vhd.TypeDifferencing) && !named[x] {
+				pending[v.Name] = true
+			}
 		}
 	}
 	return pending, doubt
+}
+
+// liveChain is the set of disks the VM's drives stand on: each drive's
+// disk and its ancestors.
+func liveChain(v *space.VM, disks map[string]*space.Disk) map[string]bool {
+	out := map[string]bool{}
+	for _, drv := range v.Drives {
+		for x, n := drv.Path, 0; x != "" && !out[x] && n < 256; n++ {
+			out[x] = true
+			d := disks[x]
+			if d == nil {
+				break
+			}
+			x = d.Parent
+		}
+	}
+	return out
 }
 
 // lockRoots takes the cleanup lock file in every root (canonical paths,

@@ -352,14 +352,19 @@ func fileSize(p string) int64 {
 func runStep(ss stepState, p *Plan, i int, o *Options, rep progress.Reporter, locks *lock.Set, res *Result) error {
 	st := &p.Steps[i]
 	if st.Discard {
-		return ss.do("remove", nil, func() (any, error) {
-			// Checked again under the lock, right before the removal (also
-			// when a resume, maybe a scheduled cleanup, gets here later).
+		// Checked again under the lock, right before the removal (also when
+		// a resume, maybe a scheduled cleanup, gets here later). Refused,
+		// nothing was changed: the removal is abandoned (its journal ended)
+		// rather than left to be refused at every later run.
+		if _, serr := os.Stat(st.Child); !os.IsNotExist(serr) {
 			if err := recheckRemoval(p, o); err != nil {
-				return nil, err
+				if ferr := ss.j.Finish(); ferr != nil {
+					return ferr
+				}
+				return fmt.Errorf("%w (the removal is abandoned: nothing was changed, and its journal %s is removed)", err, ss.j.Path)
 			}
-			return nil, removeChild(st, locks, res)
-		})
+		}
+		return ss.do("remove", nil, func() (any, error) { return nil, removeChild(st, locks, res) })
 	}
 	var g vhd.GUID
 	if st.NewDataWriteGUID != "" {

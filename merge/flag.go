@@ -8,8 +8,8 @@ import (
 )
 
 // ClearPendingFlags is for after a merge run of p: it sets
-// disk_merge_pending to False in the XML configuration of every VM whose
-// chains held the merge's target, when the store (the plan's roots,
+// disk_merge_pending to False in the XML configuration of the VM whose
+// live chain holds the merge's target, when the store (the plan's roots,
 // analysed again) shows no merge left pending on that VM's chains, nothing
 // about its disks in doubt and no unfinished merge — as Hyper-V clears the
 // flag once it has merged. VMCX is never written (Hyper-V clears the flag
@@ -37,9 +37,15 @@ func ClearPendingFlags(p *Plan, o *Options) ([]string, error) {
 		return nil, nil
 	}
 	pending, doubt := flagState(rp)
+	disks := map[string]*space.Disk{}
+	for _, d := range rp.Disks {
+		disks[d.Path] = d
+	}
 	var changed []string
 	for _, v := range rp.VMs {
-		if !v.DiskMergePending || v.ConfigKind != vm.KindXML || pending[v.Name] || doubt[v.Name] || doubt[""] || !treesHold(v.Chains, p.Into) {
+		// Only the VM whose live chain holds the merge's target (not every
+		// VM made from the same template).
+		if !v.DiskMergePending || v.ConfigKind != vm.KindXML || pending[v.Name] || doubt[v.Name] || doubt[""] || !onChain(liveChain(v, disks), p.Into) {
 			continue
 		}
 		ok, err := vm.ClearXMLMergePending(v.ConfigPath)
@@ -53,10 +59,10 @@ func ClearPendingFlags(p *Plan, o *Options) ([]string, error) {
 	return changed, nil
 }
 
-// treesHold reports whether path is a disk of one of the trees.
-func treesHold(ts []*space.Tree, path string) bool {
-	for _, t := range ts {
-		if canon(t.Path) == path || treesHold(t.Children, path) {
+// onChain reports whether path (canonical) is one of the chain's disks.
+func onChain(chain map[string]bool, path string) bool {
+	for x := range chain {
+		if canon(x) == path {
 			return true
 		}
 	}

@@ -61,6 +61,22 @@ type Store struct {
 	Warnings []vm.Warning
 	// parentOf: each scanned differencing disk's resolved parent.
 	parentOf map[string]string
+	// Unreadable: disk files under the roots that could not be opened
+	// (path → why); any of them may be a child of any disk.
+	Unreadable map[string]string
+	// Unresolved: differencing disks whose parent could not be found, with
+	// what their locators say about it.
+	Unresolved []UnresolvedChild
+}
+
+// UnresolvedChild is a differencing disk whose parent did not resolve.
+type UnresolvedChild struct {
+	Path string
+	// Names: the file names its locator gives for the parent (winBase);
+	// Linkage: VHDX parent_linkage(2) (normGUID); ParentID: VHD.
+	Names    []string
+	Linkage  []string
+	ParentID vhd.GUID
 }
 
 // Discover scans roots (and the folders of extra) for disks and VM
@@ -95,19 +111,34 @@ func Discover(roots []string, extra []string, pm vhd.PathMap, wrap vhd.FileWrapp
 		}
 	}
 	s := &Store{Children: map[string][]string{}, Broken: map[string][]string{}, VMs: st.VMs, Scanned: len(st.VMs) > 0,
-		OrphanCheckpoints: st.OrphanCheckpoints, Warnings: st.Warnings, parentOf: map[string]string{}}
+		OrphanCheckpoints: st.OrphanCheckpoints, Warnings: st.Warnings, parentOf: map[string]string{}, Unreadable: map[string]string{}}
 	for _, d := range disks {
 		im, err := vhd.Open(d, &vhd.Options{ReadOnly: true, PathMap: pm, Wrap: wrap})
 		if err != nil {
-			continue // unreadable disks are not children of anything we can see
+			// Not a child of anything we can see, but it may be one.
+			s.Unreadable[d] = err.Error()
+			continue
 		}
-		if im.Parent() == nil {
+		loc := im.Parent()
+		if loc == nil {
 			im.Close()
 			continue
 		}
 		link, err := im.ResolveParent(&vhd.Options{ReadOnly: true, PathMap: pm, Wrap: wrap})
 		im.Close()
 		if err != nil || link == nil {
+			u := UnresolvedChild{Path: d, ParentID: loc.ParentUniqueID}
+			for _, n := range []string{loc.RelativePath, loc.AbsolutePath, loc.VolumePath, loc.ParentName} {
+				if n != "" {
+					u.Names = append(u.Names, winBase(n))
+				}
+			}
+			for _, l := range []string{loc.Linkage, loc.Linkage2} {
+				if g := normGUID(l); g != "" {
+					u.Linkage = append(u.Linkage, g)
+				}
+			}
+			s.Unresolved = append(s.Unresolved, u)
 			continue
 		}
 		p := canon(link.Path)
@@ -484,13 +515,15 @@ func (s *Store) leafRemovable(disk, parent string, roots []string) (string, erro
 	}
 	owner := s.owner(parent)
 	if owner == "" {
-		return "", refused(disk, "--remove-leaf: its parent %s belongs to no VM found under %s (no configuration there names it or a disk made from it), so this disk may be the disk of a VM configured elsewhere; name the folder with that VM's configuration with --root", parent, strings.Join(roots, ", "))
+		return "", refused(disk, "--remove-leaf: its parent %s is named by no VM or checkpoint configuration found under %s, so this disk may be the disk of a VM configured elsewhere (a parent may be a template other VMs were made from too); name the folder with that VM's configuration with --root", parent, strings.Join(roots, ", "))
 	}
 	return owner, nil
 }
 
-// owner names the VM whose configurations name disk or a disk below it
-// ("" when none does).
+// owner names the VM one of whose configurations (its own or a
+// checkpoint's) names disk ("" when none does). Only a disk a configuration
+// names counts: one merely below a VM's disks may be a template that VMs
+// configured elsewhere were made from too.
 func (s *Store) owner(disk string) string {
 	for _, v := range s.VMs {
 		for _, c := range v.Configs() {
@@ -498,18 +531,34 @@ func (s *Store) owner(disk string) string {
 				continue
 			}
 			for _, d := range c.Disks {
-				if d.LocalPath == "" {
-					continue
-				}
-				for x, n := canon(d.LocalPath), 0; x != "" && n < 256; x, n = s.parentOf[x], n+1 {
-					if x == disk {
-						return fmt.Sprintf("VM %q (%s)", v.Config.Name, v.Config.Path)
-					}
+				if d.LocalPath != "" && canon(d.LocalPath) == disk {
+					return fmt.Sprintf("VM %q (%s)", v.Config.Name, v.Config.Path)
 				}
 			}
 		}
 	}
 	return ""
+}
+
+// winBase is the file name of a Windows (or local) path as Windows
+// compares it: lowercase, without an NTFS stream suffix (::$DATA) or
+// trailing dots and spaces.
+func winBase(p string) string {
+	p = strings.ToLower(p)
+	if i := strings.LastIndexAny(p, `\/`); i >= 0 {
+		p = p[i+1:]
+	}
+	p = strings.TrimSuffix(p, "::$data")
+	return strings.TrimRight(p, ". ")
+}
+
+// normGUID is g lowercase without braces ("" for none or all-zero).
+func normGUID(g string) string {
+	g = strings.ToLower(strings.Trim(strings.TrimSpace(g), "{}"))
+	if g == "" || strings.Trim(g, "0-") == "" {
+		return ""
+	}
+	return g
 }
 
 // removalDoubt says why removing disk (canonical) could lose what another
@@ -538,9 +587,37 @@ func (s *Store) removalDoubt(disk string, gone map[string]bool, prefix string) e
 		return refused(disk, "%s%s %q (%s, %s) uses this disk: removing it would lose that state. Delete the checkpoint (or detach the drive) in Hyper-V first", prefix, what, u.cfg.Name, u.cfg.Path, u.drive.Location())
 	}
 	for _, w := range s.Warnings {
-		return refused(disk, "%sa configuration or folder under the roots could not be read (%s), and it may use this disk; nothing is removed while the store cannot be read whole", prefix, w)
+		return refused(disk, "%sthe scan of the roots reported a problem (%s): a configuration it could not read or match may use this disk; nothing is removed until the store reads without warnings", prefix, w)
 	}
-	base := strings.ToLower(filepath.Base(disk))
+	var bad []string
+	for d := range s.Unreadable {
+		if d != disk && !gone[d] {
+			bad = append(bad, d)
+		}
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return refused(disk, "%s%s under the roots cannot be read (%s): it may be a child of this disk; nothing is removed while a disk cannot be read (hvsnap check)", prefix, bad[0], s.Unreadable[bad[0]])
+	}
+	base := winBase(disk)
+	if len(s.Unresolved) > 0 {
+		im, err := vhd.Open(disk, &vhd.Options{ReadOnly: true})
+		if err != nil {
+			return fmt.Errorf("merge: %w", err)
+		}
+		inf := im.Info()
+		im.Close()
+		dwg := normGUID(inf.DataWriteGUID.String())
+		for _, u := range s.Unresolved {
+			if gone[u.Path] {
+				continue
+			}
+			named := contains(u.Names, base) || (!inf.UniqueID.IsZero() && u.ParentID == inf.UniqueID) || (dwg != "" && contains(u.Linkage, dwg))
+			if named {
+				return refused(disk, "%s%s names this disk as its parent (its locator does not resolve here): removing it would lose that disk's base; repair the link first (hvsnap reparent)", prefix, u.Path)
+			}
+		}
+	}
 	var cfgs []*vm.Config
 	for _, v := range s.VMs {
 		cfgs = append(cfgs, v.Configs()...)
@@ -554,11 +631,7 @@ func (s *Store) removalDoubt(disk string, gone map[string]bool, prefix string) e
 			if d.LocalPath != "" && canon(d.LocalPath) == disk {
 				return refused(disk, "%scheckpoint configuration %s (not matched to any VM found) names this disk: removing it would lose that checkpoint's state", prefix, c.Path)
 			}
-			win := strings.ToLower(d.WindowsPath)
-			if i := strings.LastIndexAny(win, `\/`); i >= 0 {
-				win = win[i+1:]
-			}
-			if win == base && (d.LocalPath == "" || !d.Exists) {
+			if winBase(d.WindowsPath) == base && (d.LocalPath == "" || !d.Exists) {
 				return refused(disk, "%s%s names %s, which did not resolve to a local file (a missing --path-map?): it may be this disk", prefix, c.Path, d.WindowsPath)
 			}
 		}
@@ -575,12 +648,12 @@ func recheckRemoval(p *Plan, o *Options) error {
 	if len(roots) == 0 {
 		roots = defaultRoots(p.Disk)
 	}
-	var live []string
 	for _, r := range roots {
-		if _, err := os.Stat(r); err == nil {
-			live = append(live, r)
+		if _, err := os.Stat(r); err != nil {
+			return refused(st.Child, "--remove-leaf: the folder %s searched when this removal was planned cannot be read now (%v), so whether a configuration there uses this disk cannot be told", r, err)
 		}
 	}
+	live := roots
 	s, err := Discover(live, []string{st.Child}, o.PathMap, o.Wrap)
 	if err != nil {
 		return fmt.Errorf("merge: %w", err)

@@ -252,8 +252,8 @@ func TestRemoveLeafRefusesWhatItCannotTell(t *testing.T) {
 		o          Options
 		want       string
 	}{
-		{"a VM configured elsewhere", web.Leaf, Options{PathMap: web.PathMap}, "belongs to no VM found"},
-		{"an unreadable configuration", corruptLeaf, Options{PathMap: corrupt.PathMap, Roots: []string{corrupt.Root}}, "could not be read"},
+		{"a VM configured elsewhere", web.Leaf, Options{PathMap: web.PathMap}, "is named by no VM or checkpoint configuration found"},
+		{"an unreadable configuration", corruptLeaf, Options{PathMap: corrupt.PathMap, Roots: []string{corrupt.Root}}, "the scan of the roots reported a problem"},
 		{"an unresolved drive of its name", namedLeaf, Options{Roots: []string{named.Root}}, `Z:\elsewhere\`},
 		{"a child whose linkage no longer matches", brokenLeaf, Options{PathMap: broken.PathMap}, "child.avhdx depends on this disk"},
 		{"not a checkpoint disk", handDisk, Options{PathMap: hand.PathMap}, "not a checkpoint disk"},
@@ -313,5 +313,136 @@ func TestRemoveLeafResumeChecksAgain(t *testing.T) {
 	}
 	if _, err := os.Stat(leaf); err != nil {
 		t.Fatalf("the leaf was removed: %v", err)
+	}
+}
+
+// The second audit's cases: a damaged child, a child whose locator does not
+// resolve, a template-shared parent, Windows spellings of the name, a root
+// gone before the resume; and a resume refused by the re-check abandons the
+// removal instead of leaving it stuck.
+func TestRemoveLeafSecondAudit(t *testing.T) {
+	mk := func(path, parent string) {
+		t.Helper()
+		im, err := vhd.Create(path, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: parent}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Close()
+	}
+	// A damaged child: both headers zeroed.
+	dam, damLeaf := branchVM(t, true)
+	damChild := filepath.Join(filepath.Dir(damLeaf), "damaged.avhdx")
+	mk(damChild, damLeaf)
+	f, err := os.OpenFile(damChild, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(make([]byte, 128<<10), 64<<10)
+	f.Close()
+	// A child whose locator does not resolve here (another host's paths)
+	// but whose linkage names the leaf.
+	mv, mvLeaf := branchVM(t, true)
+	unres := filepath.Join(filepath.Dir(mvLeaf), "moved", "c.avhdx")
+	os.MkdirAll(filepath.Dir(unres), 0o755)
+	mk(unres, mvLeaf)
+	lim, err := vhd.Open(mvLeaf, &vhd.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	linkage := lim.Info().DataWriteGUID
+	lim.Close()
+	cim, err := vhd.Open(unres, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cim.SetParent(&vhd.NewParent{Linkage: linkage, Name: filepath.Base(mvLeaf), RelativePath: `.\gone\` + filepath.Base(mvLeaf), AbsolutePath: `E:\Hyper-V\web\` + filepath.Base(mvLeaf)}); err != nil {
+		t.Fatal(err)
+	}
+	cim.Close()
+	// A template two VMs were made from; the second VM's disk sits with the
+	// first's configuration under the roots, its configuration elsewhere.
+	top := t.TempDir()
+	tmpl := filepath.Join(top, "templates", "base.vhdx")
+	os.MkdirAll(filepath.Dir(tmpl), 0o755)
+	im, err := vhd.Create(tmpl, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 64 * MiB}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+	tw, err := storetest.BuildVM(filepath.Join(top, "VMs"), storetest.VMSpec{Name: "web", ParentDisk: tmpl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(filepath.Dir(tw.Base), "db_5A1C.avhdx")
+	mk(other, tmpl)
+	// Another VM names the leaf with a trailing dot (Windows ignores it).
+	sp, spLeaf := branchVM(t, true)
+	db, err := storetest.BuildVM(sp.Root, storetest.VMSpec{Name: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, ok := sp.PathMap.ToWindows(spLeaf); !ok {
+		t.Fatal("no Windows path for the leaf")
+	} else if _, err := vm.RewriteXMLDiskPath(db.ConfigPath, db.WindowsPath[db.Leaf], w+"."); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name, disk string
+		o          Options
+		want       string
+	}{
+		{"a damaged child", damLeaf, Options{PathMap: dam.PathMap}, "damaged.avhdx under the roots cannot be read"},
+		{"a template-shared parent", other, Options{PathMap: tw.PathMap, Roots: []string{filepath.Join(top, "VMs"), filepath.Join(top, "templates")}}, "is named by no VM or checkpoint configuration"},
+		{"a trailing dot", spLeaf, Options{PathMap: sp.PathMap, Roots: []string{sp.Root}}, "did not resolve to a local file"},
+		{"a child whose locator does not resolve", mvLeaf, Options{PathMap: mv.PathMap}, "c.avhdx names this disk as its parent"},
+	} {
+		tc.o.Volumes, tc.o.RemoveLeaf = bigVolumes, true
+		if _, err := PlanMerge(tc.disk, &tc.o); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want a refusal saying %q", tc.name, err, tc.want)
+		}
+	}
+
+	// A root gone before the resume; then a resume refused by the re-check
+	// abandons the removal.
+	bv, leaf := branchVM(t, true)
+	extra := t.TempDir()
+	o := &Options{PathMap: bv.PathMap, Volumes: bigVolumes, RemoveLeaf: true, Roots: []string{bv.Root, extra}}
+	p, err := PlanMerge(leaf, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type stop struct{}
+	o.Hook = func(pt string) {
+		if pt == "journal" {
+			panic(stop{})
+		}
+	}
+	func() {
+		defer func() { recover() }()
+		Run(p, o, nil)
+	}()
+	os.Remove(extra)
+	js, _ := FindJournals(filepath.Dir(leaf))
+	if len(js) != 1 {
+		t.Fatalf("journals: %v", js)
+	}
+	_, err = Resume(js[0], &Options{Volumes: bigVolumes}, nil)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "cannot be read now") || !strings.Contains(err.Error(), "the removal is abandoned") {
+		t.Fatalf("resume with a root gone: %v", err)
+	}
+	if _, err := os.Stat(leaf); err != nil {
+		t.Fatalf("the leaf was removed: %v", err)
+	}
+	if js, _ := FindJournals(filepath.Dir(leaf)); len(js) != 0 {
+		t.Fatalf("the abandoned removal left its journal: %v", js)
+	}
+	// Nothing stuck: planned again (the extra root given no more), it runs.
+	p, err = PlanMerge(leaf, &Options{PathMap: bv.PathMap, Volumes: bigVolumes, RemoveLeaf: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(p, &Options{PathMap: bv.PathMap, Volumes: bigVolumes}, nil); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -140,5 +141,68 @@ func TestClearPendingFlagsAfterLastMerge(t *testing.T) {
 		if flag() == last || (len(changed) == 1) != last {
 			t.Fatalf("after merge %d: flag %v, changed %v", i+1, flag(), changed)
 		}
+	}
+}
+
+// The flag stays while a deleted checkpoint's disk where two branches
+// start is still on the live chain (space's merge-pending finding counts
+// only single-child parents), and a merge for one VM made from a template
+// does not touch another's flag. A finding naming several VMs counts for
+// each.
+func TestClearPendingFlagsBranchPointAndTemplate(t *testing.T) {
+	bv, err := storetest.BuildVM(t.TempDir(), storetest.VMSpec{Name: "web", LiveWriteBytes: MiB, CurrentAfter: 3, DiskMergePending: true,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1}, {Parent: 0, WriteBytes: MiB, Deleted: true}, {Parent: 1, WriteBytes: MiB, Deleted: true}, {Parent: 1, WriteBytes: MiB, Deleted: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &Options{PathMap: bv.PathMap, Volumes: bigVolumes}
+	p, err := PlanMerge(bv.Leaf, o) // the live leaf into checkpoint 3's disk
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(p, o, nil); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := ClearPendingFlags(p, o); err != nil || len(changed) != 0 {
+		t.Fatalf("flag cleared with checkpoint 1's disk still on the live chain: %v %v", changed, err)
+	}
+
+	top := t.TempDir()
+	tmpl := filepath.Join(top, "templates", "base.vhdx")
+	os.MkdirAll(filepath.Dir(tmpl), 0o755)
+	im, err := vhd.Create(tmpl, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 64 * MiB}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+	root := filepath.Join(top, "VMs")
+	web, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", ParentDisk: tmpl, LiveWriteBytes: MiB, DiskMergePending: true,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1, Deleted: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := storetest.BuildVM(root, storetest.VMSpec{Name: "db", ParentDisk: tmpl, DiskMergePending: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbBefore := fileDigest(t, db.ConfigPath)
+	o = &Options{PathMap: web.PathMap, Volumes: bigVolumes, Roots: []string{root, filepath.Dir(tmpl)}}
+	if p, err = PlanMerge(web.Leaf, o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(p, o, nil); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := ClearPendingFlags(p, o)
+	if err != nil || len(changed) != 1 || changed[0] != web.ConfigPath {
+		t.Fatalf("changed %v, %v; want only %s", changed, err, web.ConfigPath)
+	}
+	if fileDigest(t, db.ConfigPath) != dbBefore {
+		t.Fatal("the other VM's configuration was rewritten")
+	}
+
+	_, doubt := flagState(&space.Report{Findings: []space.Finding{{Code: space.FindMissingParent, VM: "db, web"}}})
+	if !doubt["web"] || !doubt["db"] {
+		t.Fatalf("a finding naming two VMs: %v", doubt)
 	}
 }

@@ -47,12 +47,15 @@ host afterwards.
 A leaf whose parent cannot take its data (shared, or used by a VM or a
 checkpoint) and that nothing uses, such as the disk of an abandoned checkpoint
 branch, is what Hyper-V removes without a merge when that checkpoint is
-deleted: --remove-leaf does that (its data is discarded; refused for a disk
-any disk depends on or any configuration in the roots uses, and where no
-configuration was found to tell).
+deleted: --remove-leaf does that (its data is discarded). Only for a
+checkpoint disk (.avhd/.avhdx) whose parent a VM or checkpoint configuration
+under the roots names, that no disk depends on and no configuration names,
+in a store that reads without warnings or unreadable disks; checked again
+right before the removal. hvsnap sees only the configurations under the
+roots: name every folder with configurations using these disks (--root).
 
-Every step is journaled (.hvsnap-merge-*.journal next to the parent): a merge
-killed at any point, or stopped by a full disk, is finished by
+Every step is journaled (.hvsnap-merge-*.journal next to the parent; for
+--remove-leaf, next to DISK): a merge killed at any point, or stopped by a full disk, is finished by
 'hvsnap merge --resume' (any later merge of these disks finishes it first).
 At every instant the chain reads the same as before.
 
@@ -488,7 +491,11 @@ func runMergeResume(c *cli.Context, o *merge.Options) error {
 		}
 		results = append(results, res)
 		if !c.Bool("json") {
-			fmt.Fprintf(w, "resumed %s\n", j)
+			if res.Plan != nil && res.Plan.Discards() {
+				fmt.Fprintf(w, "resumed %s: the removal WITHOUT MERGING (--remove-leaf) of %s is done\n", j, res.Plan.Disk)
+			} else {
+				fmt.Fprintf(w, "resumed %s\n", j)
+			}
 			printResult(w, res)
 		}
 	}
