@@ -229,6 +229,14 @@ type configUse struct {
 	checkpoint bool
 }
 
+// what is "VM" or "checkpoint".
+func (u configUse) what() string {
+	if u.checkpoint {
+		return "checkpoint"
+	}
+	return "VM"
+}
+
 func (s *Store) uses(disk string) []configUse {
 	var out []configUse
 	for _, v := range s.VMs {
@@ -364,10 +372,7 @@ func PlanMerge(disk string, o *Options) (*Plan, error) {
 	// a disk this merge modifies or removes.
 	for i := 1; i <= k; i++ {
 		for _, u := range st.uses(layers[i]) {
-			what := "VM"
-			if u.checkpoint {
-				what = "checkpoint"
-			}
+			what := u.what()
 			verb := "modifies"
 			if i < k {
 				verb = "removes"
@@ -525,13 +530,10 @@ func (s *Store) leafRemovable(disk, parent string, roots []string) (string, erro
 // names counts: one merely below a VM's disks may be a template that VMs
 // configured elsewhere were made from too.
 func (s *Store) owner(disk string) string {
-	for _, v := range s.VMs {
-		for _, c := range v.Configs() {
-			if c == nil {
-				continue
-			}
-			for _, d := range c.Disks {
-				if d.LocalPath != "" && canon(d.LocalPath) == disk {
+	for _, u := range s.uses(disk) {
+		for _, v := range s.VMs {
+			for _, c := range v.Configs() {
+				if c == u.cfg {
 					return fmt.Sprintf("VM %q (%s)", v.Config.Name, v.Config.Path)
 				}
 			}
@@ -580,11 +582,7 @@ func (s *Store) removalDoubt(disk string, gone map[string]bool, prefix string) e
 		return refused(disk, "%s%s %s on this disk (removing it would break %s); it is not a leaf", prefix, strings.Join(kids, ", "), plural(len(kids), "depends", "depend"), plural(len(kids), "that disk", "those disks"))
 	}
 	for _, u := range s.uses(disk) {
-		what := "VM"
-		if u.checkpoint {
-			what = "checkpoint"
-		}
-		return refused(disk, "%s%s %q (%s, %s) uses this disk: removing it would lose that state. Delete the checkpoint (or detach the drive) in Hyper-V first", prefix, what, u.cfg.Name, u.cfg.Path, u.drive.Location())
+		return refused(disk, "%s%s %q (%s, %s) uses this disk: removing it would lose that state. Delete the checkpoint (or detach the drive) in Hyper-V first", prefix, u.what(), u.cfg.Name, u.cfg.Path, u.drive.Location())
 	}
 	for _, w := range s.Warnings {
 		return refused(disk, "%sthe scan of the roots reported a problem (%s): a configuration it could not read or match may use this disk; nothing is removed until the store reads without warnings", prefix, w)

@@ -97,22 +97,7 @@ func TestRemoveLeafResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type stop struct{}
-	o.Hook = func(pt string) {
-		if pt == "0/remove:start" {
-			panic(stop{})
-		}
-	}
-	func() {
-		defer func() {
-			if r := recover(); r == nil {
-				t.Fatal("the hook did not stop the run")
-			} else if _, ok := r.(stop); !ok {
-				panic(r)
-			}
-		}()
-		Run(p, o, nil)
-	}()
+	stopAt(t, p, o, "0/remove:start")
 	js, err := FindJournals(filepath.Dir(bv.Base))
 	if err != nil || len(js) != 1 {
 		t.Fatalf("journals: %v %v", js, err)
@@ -226,11 +211,7 @@ func TestRemoveLeafRefusesWhatItCannotTell(t *testing.T) {
 	// hvsnap reparent) still depends on it.
 	broken, brokenLeaf := branchVM(t, true)
 	child := filepath.Join(filepath.Dir(brokenLeaf), "child.avhdx")
-	im, err := vhd.Create(child, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: brokenLeaf}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im.Close()
+	makeChild(t, child, brokenLeaf)
 	lim, err := vhd.Open(brokenLeaf, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -242,10 +223,7 @@ func TestRemoveLeafRefusesWhatItCannotTell(t *testing.T) {
 	// 5. A hand-made differencing disk (.vhdx), nothing using it.
 	hand, _ := branchVM(t, true)
 	handDisk := filepath.Join(filepath.Dir(hand.Base), "scratch.vhdx")
-	if im, err = vhd.Create(handDisk, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: hand.Base}, nil); err != nil {
-		t.Fatal(err)
-	}
-	im.Close()
+	makeChild(t, handDisk, hand.Base)
 
 	for _, tc := range []struct {
 		name, disk string
@@ -284,29 +262,12 @@ func TestRemoveLeafResumeChecksAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type stop struct{}
-	o.Hook = func(pt string) {
-		if pt == "journal" {
-			panic(stop{})
-		}
-	}
-	func() {
-		defer func() {
-			if _, ok := recover().(stop); !ok {
-				t.Fatal("the hook did not stop the run")
-			}
-		}()
-		Run(p, o, nil)
-	}()
+	stopAt(t, p, o, "journal")
 	js, err := FindJournals(filepath.Dir(leaf))
 	if err != nil || len(js) != 1 || filepath.Dir(js[0]) != filepath.Dir(leaf) {
 		t.Fatalf("journals next to the leaf: %v %v", js, err)
 	}
-	im, err := vhd.Create(filepath.Join(filepath.Dir(leaf), "later.avhdx"), vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: leaf}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im.Close()
+	makeChild(t, filepath.Join(filepath.Dir(leaf), "later.avhdx"), leaf)
 	_, err = Resume(js[0], &Options{PathMap: bv.PathMap, Volumes: bigVolumes}, nil)
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "later.avhdx depends on this disk") {
 		t.Fatalf("resume: %v", err)
@@ -321,14 +282,7 @@ func TestRemoveLeafResumeChecksAgain(t *testing.T) {
 // gone before the resume; and a resume refused by the re-check abandons the
 // removal instead of leaving it stuck.
 func TestRemoveLeafSecondAudit(t *testing.T) {
-	mk := func(path, parent string) {
-		t.Helper()
-		im, err := vhd.Create(path, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: parent}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		im.Close()
-	}
+	mk := func(path, parent string) { makeChild(t, path, parent) }
 	// A damaged child: both headers zeroed.
 	dam, damLeaf := branchVM(t, true)
 	damChild := filepath.Join(filepath.Dir(damLeaf), "damaged.avhdx")
@@ -363,12 +317,7 @@ func TestRemoveLeafSecondAudit(t *testing.T) {
 	// first's configuration under the roots, its configuration elsewhere.
 	top := t.TempDir()
 	tmpl := filepath.Join(top, "templates", "base.vhdx")
-	os.MkdirAll(filepath.Dir(tmpl), 0o755)
-	im, err := vhd.Create(tmpl, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 64 * MiB}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im.Close()
+	makeTemplate(t, tmpl)
 	tw, err := storetest.BuildVM(filepath.Join(top, "VMs"), storetest.VMSpec{Name: "web", ParentDisk: tmpl})
 	if err != nil {
 		t.Fatal(err)
@@ -412,16 +361,7 @@ func TestRemoveLeafSecondAudit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type stop struct{}
-	o.Hook = func(pt string) {
-		if pt == "journal" {
-			panic(stop{})
-		}
-	}
-	func() {
-		defer func() { recover() }()
-		Run(p, o, nil)
-	}()
+	stopAt(t, p, o, "journal")
 	os.Remove(extra)
 	js, _ := FindJournals(filepath.Dir(leaf))
 	if len(js) != 1 {

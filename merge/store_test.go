@@ -169,12 +169,7 @@ func TestClearPendingFlagsBranchPointAndTemplate(t *testing.T) {
 
 	top := t.TempDir()
 	tmpl := filepath.Join(top, "templates", "base.vhdx")
-	os.MkdirAll(filepath.Dir(tmpl), 0o755)
-	im, err := vhd.Create(tmpl, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 64 * MiB}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im.Close()
+	makeTemplate(t, tmpl)
 	root := filepath.Join(top, "VMs")
 	web, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", ParentDisk: tmpl, LiveWriteBytes: MiB, DiskMergePending: true,
 		Checkpoints: []storetest.CheckpointSpec{{Parent: -1, Deleted: true}}})

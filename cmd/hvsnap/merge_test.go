@@ -792,19 +792,25 @@ func TestCLICopiedJournalIsNotResumed(t *testing.T) {
 	}
 }
 
-// merge --remove-leaf from the CLI: the plain merge of an abandoned
-// branch's leaf is refused with the way out, the dry run says the data is
-// discarded (JSON discard: true) and changes nothing, the run removes the
-// leaf alone and the VM's chain reads the same.
-func TestCLIMergeRemoveLeaf(t *testing.T) {
+// abandonedBranch: a VM running on a new branch off its base; the old
+// branch's leaf (its checkpoint deleted) is what --remove-leaf removes.
+func abandonedBranch(t *testing.T) (bv *storetest.BuiltVM, pm, leaf string) {
+	t.Helper()
 	root := filepath.Join(t.TempDir(), "VMs")
 	bv, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", LiveWriteBytes: 1 << 20, CurrentAfter: 0,
 		Checkpoints: []storetest.CheckpointSpec{{Parent: -1}, {Parent: 0, WriteBytes: 1 << 20, Deleted: true}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pm := storetest.WindowsRoot + "=" + root
-	leaf := bv.OffBranch[0]
+	return bv, storetest.WindowsRoot + "=" + root, bv.OffBranch[0]
+}
+
+// merge --remove-leaf from the CLI: the plain merge of an abandoned
+// branch's leaf is refused with the way out, the dry run says the data is
+// discarded (JSON discard: true) and changes nothing, the run removes the
+// leaf alone and the VM's chain reads the same.
+func TestCLIMergeRemoveLeaf(t *testing.T) {
+	bv, pm, leaf := abandonedBranch(t)
 	want, _ := bv.LiveSHA256()
 	code, out, errs := hv(t, "merge", "--yes", "--path-map", pm, leaf)
 	if code != exitError || !strings.Contains(errs, "hvsnap merge --remove-leaf --path-map ") {
@@ -834,7 +840,7 @@ func TestCLIMergeRemoveLeaf(t *testing.T) {
 	if _, err := os.Stat(leaf); err != nil {
 		t.Fatalf("the dry run removed the leaf: %v", err)
 	}
-	if code, _, _ := hv(t, "merge", "--all", root+"/web", "--remove-leaf"); code != exitUsage {
+	if code, _, _ := hv(t, "merge", "--all", bv.Dir, "--remove-leaf"); code != exitUsage {
 		t.Fatalf("--all --remove-leaf: exit %d", code)
 	}
 	out = mustHV(t, "merge", "--yes", "--remove-leaf", "--path-map", pm, leaf)
@@ -854,14 +860,8 @@ func TestCLIMergeRemoveLeaf(t *testing.T) {
 // which say that the disk was removed without merging (not "merged").
 func TestCLIInterruptedRemoveLeaf(t *testing.T) {
 	for _, by := range []string{"merge", "cleanup"} {
-		root := filepath.Join(t.TempDir(), "VMs")
-		bv, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", LiveWriteBytes: 1 << 20, CurrentAfter: 0,
-			Checkpoints: []storetest.CheckpointSpec{{Parent: -1}, {Parent: 0, WriteBytes: 1 << 20, Deleted: true}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pm := storetest.WindowsRoot + "=" + root
-		leaf := bv.OffBranch[0]
+		bv, pm, leaf := abandonedBranch(t)
+		root := bv.Root
 		o := &merge.Options{PathMap: bv.PathMap, RemoveLeaf: true, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}
 		p, err := merge.PlanMerge(leaf, o)
 		if err != nil {
