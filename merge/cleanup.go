@@ -233,7 +233,7 @@ func flagState(rp *space.Report) (pending, doubt map[string]bool) {
 				if f.Evidence["source"] == "chain" {
 					pending[name] = true
 				}
-			case space.FindMissingDisk, space.FindMissingParent, space.FindLinkageMismatch, space.FindUnreadableDisk, space.FindExpandedParent:
+			case space.FindMissingDisk, space.FindMissingCheckpointDisk, space.FindMissingParent, space.FindLinkageMismatch, space.FindUnreadableDisk, space.FindExpandedParent:
 				doubt[name] = true
 			}
 		}

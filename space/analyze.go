@@ -465,6 +465,17 @@ func (a *analysis) buildVMs(st *vm.Store) {
 			ck := Checkpoint{ID: cp.CheckpointID, Name: cp.Name, ConfigPath: cp.Path, Disks: []string{}}
 			for _, dr := range cp.Disks {
 				if dr.LocalPath == "" || !dr.Exists {
+					lp := ""
+					if dr.LocalPath != "" {
+						lp = cleanAbs(dr.LocalPath)
+					}
+					name := cp.Name
+					if name == "" {
+						name = cp.CheckpointID
+					}
+					a.add(Finding{Code: FindMissingCheckpointDisk, Severity: SevWarning, VM: v.Name, Paths: nonEmpty(lp, cp.Path),
+						Message:  fmt.Sprintf("VM %s: checkpoint %q (%s) names %s on drive %s, which is not there (deleted, or on a volume that is not mounted or mapped): that checkpoint cannot be applied", v.Name, name, cp.Path, dr.WindowsPath, dr.Location()),
+						Evidence: map[string]any{"vm_id": v.ID, "config": cp.Path, "checkpoint": name, "windows_path": dr.WindowsPath, "local_path": lp}})
 					continue
 				}
 				p := cleanAbs(dr.LocalPath)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hvsnap/hvsnap/internal/storetest"
 	"github.com/hvsnap/hvsnap/vhd"
+	"github.com/hvsnap/hvsnap/vm"
 )
 
 // testStore is a store with one VM per situation the analyzer detects.
@@ -546,5 +547,33 @@ func TestReclaimableCountsEachFileOnce(t *testing.T) {
 	}
 	if r.Summary.ReclaimableBytes != leaf.Allocated {
 		t.Fatalf("reclaimable %d, want the leaf's %d once", r.Summary.ReclaimableBytes, leaf.Allocated)
+	}
+}
+
+// A checkpoint configuration naming a disk that is not there is a
+// finding (the checkpoint cannot be applied); it used to pass unnoticed.
+func TestMissingCheckpointDisk(t *testing.T) {
+	root := t.TempDir()
+	bv, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", LiveWriteBytes: 1 << 20,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := bv.CheckpointConfigs[0]
+	if n, err := vm.RewriteXMLDiskPath(cfg, bv.WindowsPath[bv.Base], `E:\unmounted\gone.vhdx`); err != nil || n != 1 {
+		t.Fatalf("rewrite: %d %v", n, err)
+	}
+	r, err := Analyze(context.Background(), []string{root}, Options{PathMap: bv.PathMap, Volumes: StaticVolumes{{Mount: root, Size: 1 << 40, Free: 1 << 39}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []Finding
+	for _, f := range r.Findings {
+		if f.Code == FindMissingCheckpointDisk {
+			got = append(got, f)
+		}
+	}
+	if len(got) != 1 || got[0].VM != "web" || got[0].Severity != SevWarning || !strings.Contains(got[0].Message, `E:\unmounted\gone.vhdx`) || got[0].Evidence["config"] != cfg {
+		t.Fatalf("findings: %+v", got)
 	}
 }

@@ -41,20 +41,23 @@ const (
 
 // Finding codes.
 const (
-	FindOrphan          = "orphaned-disk"        // differencing disk no VM or checkpoint uses, not a parent of a used disk
-	FindMissingParent   = "broken-chain"         // parent not found
-	FindLinkageMismatch = "linkage-mismatch"     // parent found, identity differs
-	FindExpandedParent  = "expanded-parent"      // virtual size differs from the parent's
-	FindMergePending    = "merge-pending"        // config flag, or a deleted checkpoint's disk still in the chain
-	FindDeepChain       = "deep-chain"           // depth over the threshold
-	FindOldCheckpoint   = "old-checkpoint"       // checkpoint disk older than the threshold
-	FindSavedState      = "saved-state"          // saved-state files holding RAM-sized space
-	FindUnreadableDisk  = "unreadable-disk"      // a disk file that does not open
-	FindMissingDisk     = "missing-disk"         // a config names a disk that is not there
-	FindMergeNoSpace    = "merge-cannot-fit"     // a merge needs more than the volume has free
-	FindPausedRisk      = "paused-critical-risk" // free space below what differencing disks can still grow
-	FindLowSpace        = "low-space"            // free space below the thresholds
-	FindUnfinishedOp    = "unfinished-operation" // an hvsnap merge/relocation journal next to the disks: interrupted (or running)
+	FindOrphan          = "orphaned-disk"    // differencing disk no VM or checkpoint uses, not a parent of a used disk
+	FindMissingParent   = "broken-chain"     // parent not found
+	FindLinkageMismatch = "linkage-mismatch" // parent found, identity differs
+	FindExpandedParent  = "expanded-parent"  // virtual size differs from the parent's
+	FindMergePending    = "merge-pending"    // config flag, or a deleted checkpoint's disk still in the chain
+	FindDeepChain       = "deep-chain"       // depth over the threshold
+	FindOldCheckpoint   = "old-checkpoint"   // checkpoint disk older than the threshold
+	FindSavedState      = "saved-state"      // saved-state files holding RAM-sized space
+	FindUnreadableDisk  = "unreadable-disk"  // a disk file that does not open
+	FindMissingDisk     = "missing-disk"     // a config names a disk that is not there
+	// FindMissingCheckpointDisk: a checkpoint config names a disk that is
+	// not there (the checkpoint cannot be applied).
+	FindMissingCheckpointDisk = "missing-checkpoint-disk"
+	FindMergeNoSpace          = "merge-cannot-fit"     // a merge needs more than the volume has free
+	FindPausedRisk            = "paused-critical-risk" // free space below what differencing disks can still grow
+	FindLowSpace              = "low-space"            // free space below the thresholds
+	FindUnfinishedOp          = "unfinished-operation" // an hvsnap merge/relocation journal next to the disks: interrupted (or running)
 )
 
 // Thresholds used for findings and verdicts.

@@ -9,7 +9,7 @@ import (
 var allFindingCodes = []string{
 	FindOrphan, FindMissingParent, FindLinkageMismatch, FindExpandedParent, FindMergePending,
 	FindDeepChain, FindOldCheckpoint, FindSavedState, FindUnreadableDisk, FindMissingDisk,
-	FindMergeNoSpace, FindPausedRisk, FindLowSpace, FindUnfinishedOp,
+	FindMergeNoSpace, FindPausedRisk, FindLowSpace, FindUnfinishedOp, FindMissingCheckpointDisk,
 }
 
 // Paths with characters that must be escaped everywhere they are rendered.
@@ -122,6 +122,7 @@ func renderFixture() *Report {
 		f(FindExpandedParent, SevError, "web01", "/mnt/d", 0, "parent was expanded", base.Path, a.Path),
 		f(FindUnreadableDisk, SevError, "", "/mnt/f", 0, bad.Path+" cannot be read: "+bad.Error, bad.Path),
 		f(FindMissingDisk, SevError, weirdVM, "", 0, `VM `+weirdVM+`: drive ide0:1 names E:\VMs\data "2".vhdx, which is not there`, weirdDir+"/Virtual Machines/F00D.vmcx"),
+		f(FindMissingCheckpointDisk, SevWarning, "web01", "", 0, `VM web01: checkpoint "before update" names D:\VMs\web01\gone.avhdx on drive scsi0:0, which is not there`, "/mnt/d/VMs/web01/Snapshots/0C1D.xml"),
 		f(FindLowSpace, SevWarning, "", "/mnt/e", 1536*MiB, "/mnt/e has only 1.5 GiB free (warning below 2.0 GiB)"),
 		f(FindOrphan, SevWarning, "", "/mnt/f", 764*MiB, orphan.Path+" is a differencing disk that no VM or checkpoint uses", orphan.Path, orphanKid.Path),
 		f(FindMergePending, SevWarning, "web01", "", 0, "VM web01: its configuration says a deleted checkpoint's disk merge has not run yet", "/mnt/d/VMs/web01/Virtual Machines/8D1E2C3A-0000-4000-8000-000000000001.xml"),

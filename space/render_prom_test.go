@@ -251,7 +251,7 @@ func TestRenderProm(t *testing.T) {
 		}
 	}
 	wantSample(t, got, 8, "hvsnap_findings_total", "severity", "error")
-	wantSample(t, got, 6, "hvsnap_findings_total", "severity", "warning")
+	wantSample(t, got, 7, "hvsnap_findings_total", "severity", "warning")
 	wantSample(t, got, 1, "hvsnap_findings_total", "severity", "info")
 	wantSample(t, got, float64(r.GeneratedAt.Unix()), "hvsnap_space_last_run_timestamp_seconds")
 	wantSample(t, got, 2, "hvsnap_space_worst_verdict")

@@ -61,7 +61,7 @@ func TestRenderTextSections(t *testing.T) {
 
 	// Sections in order.
 	last := -1
-	for _, s := range []string{"hvsnap space report", "VOLUMES (4)", "VMS (2)", "VM web01", "UNATTACHED CHAINS (2)", "FINDINGS (15)", "SCAN WARNINGS (2)"} {
+	for _, s := range []string{"hvsnap space report", "VOLUMES (4)", "VMS (2)", "VM web01", "UNATTACHED CHAINS (2)", "FINDINGS (16)", "SCAN WARNINGS (2)"} {
 		i := strings.Index(out, s)
 		if i < 0 || i < last {
 			t.Fatalf("section %q missing or out of order:\n%s", s, out)
@@ -69,7 +69,7 @@ func TestRenderTextSections(t *testing.T) {
 		last = i
 	}
 	for _, s := range []string{"Host:           hv-host-01", "Generated:      2025-11-25T10:00:00Z", "Worst verdict:  CRITICAL",
-		"2 VMs, 8 disk files holding 67.0 GiB (12.0 GiB in checkpoints), 3.7 GiB reclaimable, 15 findings"} {
+		"2 VMs, 8 disk files holding 67.0 GiB (12.0 GiB in checkpoints), 3.7 GiB reclaimable, 16 findings"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("header lacks %q", s)
 		}
@@ -158,12 +158,12 @@ func TestRenderTextSections(t *testing.T) {
 		lineWith(t, out, "  ", code)
 	}
 	fl := lineWith(t, out, "ERROR", "paused-critical-risk", "/mnt/d", "120.0 GiB", "VM web01")
-	if !strings.HasPrefix(fl, "  ERROR    paused-critical-risk  /mnt/d   120.0 GiB  VM web01") {
+	if !strings.HasPrefix(fl, "  ERROR    paused-critical-risk     /mnt/d   120.0 GiB  VM web01") {
 		t.Errorf("finding row: %q", fl)
 	}
 	for _, s := range []string{
-		"  INFO     saved-state           /mnt/d     2.0 GiB  VM web01\n           saved VM memory\n           - /mnt/d/VMs/web01/Virtual Machines/8D1E/8D1E.bin\n",
-		"  WARNING  orphaned-disk         /mnt/f   764.0 MiB\n",
+		"  INFO     saved-state              /mnt/d     2.0 GiB  VM web01\n           saved VM memory\n           - /mnt/d/VMs/web01/Virtual Machines/8D1E/8D1E.bin\n",
+		"  WARNING  orphaned-disk            /mnt/f   764.0 MiB\n",
 		"           - /mnt/f/loose/orphan_2.avhdx\n",
 	} {
 		if !strings.Contains(out, s) {
