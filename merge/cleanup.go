@@ -220,7 +220,9 @@ func clearFlags(roots []string, o CleanupOptions, res *CleanupResult, rp *space.
 // still pending on the VM's chains (a deleted checkpoint's disk still in
 // them: space's merge-pending finding, or any differencing disk on its live
 // chain that neither the VM nor one of its checkpoints names, such as a
-// deleted checkpoint's disk where another branch also starts) and whether
+// deleted checkpoint's disk where another branch also starts; only
+// checkpoint disks, .avhd/.avhdx, count: a template the VM was made from is
+// a .vhd/.vhdx) and whether
 // anything about its disks is in doubt (missing, broken, unreadable,
 // expanded parent): what decides whether disk_merge_pending can be
 // cleared. A finding about a disk several VMs share names them all.
@@ -253,7 +255,8 @@ func flagState(rp *space.Report) (pending, doubt map[string]bool) {
 			}
 		}
 		for x := range liveChain(v, disks) {
-			if d := disks[x]; d != nil && d.Type == string(vhd.TypeDifferencing) && !named[x] {
+			ext := strings.ToLower(filepath.Ext(x))
+			if d := disks[x]; d != nil && d.Type == string(vhd.TypeDifferencing) && !named[x] && (ext == ".avhd" || ext == ".avhdx") {
 				pending[v.Name] = true
 			}
 		}

@@ -201,3 +201,29 @@ func TestClearPendingFlagsBranchPointAndTemplate(t *testing.T) {
 		t.Fatalf("a finding naming two VMs: %v", doubt)
 	}
 }
+
+// A VM made from a template that is itself a differencing disk (.vhdx, not
+// a checkpoint disk) gets its flag cleared after its last merge.
+func TestClearPendingFlagsDifferencingTemplate(t *testing.T) {
+	top := t.TempDir()
+	t1, t2 := filepath.Join(top, "templates", "os.vhdx"), filepath.Join(top, "templates", "os-updated.vhdx")
+	makeTemplate(t, t1)
+	makeChild(t, t2, t1)
+	root := filepath.Join(top, "VMs")
+	web, err := storetest.BuildVM(root, storetest.VMSpec{Name: "web", ParentDisk: t2, LiveWriteBytes: MiB, DiskMergePending: true,
+		Checkpoints: []storetest.CheckpointSpec{{Parent: -1, Deleted: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &Options{PathMap: web.PathMap, Volumes: bigVolumes, Roots: []string{root, filepath.Dir(t1)}}
+	p, err := PlanMerge(web.Leaf, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(p, o, nil); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := ClearPendingFlags(p, o); err != nil || len(changed) != 1 {
+		t.Fatalf("changed %v, %v", changed, err)
+	}
+}
