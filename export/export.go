@@ -202,17 +202,6 @@ func (e *exporter) listing() (*pkgfmt.Listing, error) {
 // ---------------------------------------------------------------------------
 // Archive
 
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
 func (e *exporter) archive() (res *Result, err error) {
 	o := e.o
 	var out io.Writer
@@ -266,7 +255,7 @@ func (e *exporter) archive() (res *Result, err error) {
 	defer e.rep.Done()
 
 	bw := bufio.NewWriterSize(out, 1<<20)
-	cw := &countWriter{w: bw}
+	cw := &fsutil.CountingWriter{W: bw}
 	zw := lz4.NewWriter(cw)
 	if err := zw.Apply(lz4.BlockSizeOption(lz4.Block4Mb), lz4.ConcurrencyOption(runtime.GOMAXPROCS(0)),
 		lz4.CompressionLevelOption(lz4.Fast), lz4.ChecksumOption(true)); err != nil {
@@ -321,7 +310,7 @@ func (e *exporter) archive() (res *Result, err error) {
 	if err := bw.Flush(); err != nil {
 		return nil, wrap(err)
 	}
-	res = &Result{Package: o.To, Archive: true, Root: e.p.root, Files: len(e.m.Files), Bytes: l.Total, Written: cw.n, Manifest: e.m}
+	res = &Result{Package: o.To, Archive: true, Root: e.p.root, Files: len(e.m.Files), Bytes: l.Total, Written: cw.N, Manifest: e.m}
 	if file != nil {
 		if err := file.Sync(); err != nil {
 			return nil, wrap(err)

@@ -240,10 +240,7 @@ func flagState(rp *space.Report) (pending, doubt map[string]bool) {
 			}
 		}
 	}
-	disks := map[string]*space.Disk{}
-	for _, d := range rp.Disks {
-		disks[d.Path] = d
-	}
+	disks := diskIndex(rp)
 	for _, v := range rp.VMs {
 		named := map[string]bool{}
 		for _, d := range v.Drives {
@@ -262,6 +259,15 @@ func flagState(rp *space.Report) (pending, doubt map[string]bool) {
 		}
 	}
 	return pending, doubt
+}
+
+// diskIndex maps the analysis's disks by path.
+func diskIndex(rp *space.Report) map[string]*space.Disk {
+	disks := make(map[string]*space.Disk, len(rp.Disks))
+	for _, d := range rp.Disks {
+		disks[d.Path] = d
+	}
+	return disks
 }
 
 // liveChain is the set of disks the VM's drives stand on: each drive's
@@ -322,8 +328,8 @@ func lockRoots(roots []string) (func(), error) {
 }
 
 // pendingJournals lists the unfinished merge journals the analysis found
-// next to the disks (a journal sits next to the merge's parent, which
-// stays).
+// next to the disks (next to the merge's parent, or to the disk a removal
+// without merge removes).
 func pendingJournals(rp *space.Report) []string {
 	var out []string
 	for _, f := range rp.Findings {

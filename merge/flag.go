@@ -25,11 +25,7 @@ func ClearPendingFlags(p *Plan, o *Options) ([]string, error) {
 	if !merged {
 		return nil, nil
 	}
-	roots := o.Roots
-	if len(roots) == 0 {
-		roots = defaultRoots(p.Disk)
-	}
-	rp, err := space.Analyze(context.Background(), roots, space.Options{PathMap: o.PathMap, Volumes: o.volumes()})
+	rp, err := space.Analyze(context.Background(), p.roots(), space.Options{PathMap: o.PathMap, Volumes: o.volumes()})
 	if err != nil {
 		return nil, err
 	}
@@ -37,10 +33,7 @@ func ClearPendingFlags(p *Plan, o *Options) ([]string, error) {
 		return nil, nil
 	}
 	pending, doubt := flagState(rp)
-	disks := map[string]*space.Disk{}
-	for _, d := range rp.Disks {
-		disks[d.Path] = d
-	}
+	disks := diskIndex(rp)
 	var changed []string
 	for _, v := range rp.VMs {
 		// Only the VM whose live chain holds the merge's target (not every

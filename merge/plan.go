@@ -616,6 +616,15 @@ func (s *Store) removalDoubt(disk string, gone map[string]bool, prefix string) e
 			}
 		}
 	}
+	// The VMs' configurations naming it were uses above; a checkpoint's
+	// matched to no VM is not among them.
+	for _, c := range s.OrphanCheckpoints {
+		for _, d := range c.Disks {
+			if d.LocalPath != "" && canon(d.LocalPath) == disk {
+				return refused(disk, "%scheckpoint configuration %s (not matched to any VM found) names this disk: removing it would lose that checkpoint's state", prefix, c.Path)
+			}
+		}
+	}
 	var cfgs []*vm.Config
 	for _, v := range s.VMs {
 		cfgs = append(cfgs, v.Configs()...)
@@ -626,9 +635,6 @@ func (s *Store) removalDoubt(disk string, gone map[string]bool, prefix string) e
 			continue
 		}
 		for _, d := range c.Disks {
-			if d.LocalPath != "" && canon(d.LocalPath) == disk {
-				return refused(disk, "%scheckpoint configuration %s (not matched to any VM found) names this disk: removing it would lose that checkpoint's state", prefix, c.Path)
-			}
 			if winBase(d.WindowsPath) == base && (d.LocalPath == "" || !d.Exists) {
 				return refused(disk, "%s%s names %s, which did not resolve to a local file (a missing --path-map?): it may be this disk", prefix, c.Path, d.WindowsPath)
 			}
@@ -637,29 +643,34 @@ func (s *Store) removalDoubt(disk string, gone map[string]bool, prefix string) e
 	return nil
 }
 
+// roots are the folders the plan searched (the disk's default roots for a
+// journal written before plans recorded them).
+func (p *Plan) roots() []string {
+	if len(p.Roots) > 0 {
+		return p.Roots
+	}
+	return defaultRoots(p.Disk)
+}
+
 // recheckRemoval checks a removal without merge again, right before it
 // removes (the store may have changed since the plan, or since the
 // interruption a resume finishes): the same rules as the plan.
 func recheckRemoval(p *Plan, o *Options) error {
 	st := &p.Steps[0]
-	roots := p.Roots
-	if len(roots) == 0 {
-		roots = defaultRoots(p.Disk)
-	}
+	roots := p.roots()
 	for _, r := range roots {
 		if _, err := os.Stat(r); err != nil {
 			return refused(st.Child, "--remove-leaf: the folder %s searched when this removal was planned cannot be read now (%v), so whether a configuration there uses this disk cannot be told", r, err)
 		}
 	}
-	live := roots
-	s, err := Discover(live, []string{st.Child}, o.PathMap, o.Wrap)
+	s, err := Discover(roots, []string{st.Child}, o.PathMap, o.Wrap)
 	if err != nil {
 		return fmt.Errorf("merge: %w", err)
 	}
 	if _, err := s.consistent(st.Child, nil, false); err != nil {
 		return err
 	}
-	_, err = s.leafRemovable(st.Child, st.Parent, live)
+	_, err = s.leafRemovable(st.Child, st.Parent, roots)
 	return err
 }
 
@@ -756,18 +767,18 @@ func (p *Plan) measure(ch *vhd.Chain, k int, o *Options) error {
 	for i := range p.Steps {
 		s := &p.Steps[i]
 		c := byPath[s.Child]
-		cinf := c.Info()
-		if s.Discard {
-			s.Format, s.ParentType = string(tinf.Format), string(tinf.Type)
-			s.ChildBlock, s.ParentBlock = c.BlockSize(), tbs
-			s.FreedBytes = allocatedBytes(s.Child)
-			s.ParentVolume, s.ChildVolume = mountOf(s.Parent), mountOf(s.Child)
-			continue
-		}
 		s.Format = string(tinf.Format)
 		s.ParentType = string(tinf.Type)
 		s.ChildBlock = c.BlockSize()
 		s.ParentBlock = tbs
+		if !o.Keep {
+			s.FreedBytes = allocatedBytes(s.Child)
+		}
+		s.ParentVolume = mountOf(s.Parent)
+		s.ChildVolume = mountOf(s.Child)
+		if s.Discard {
+			continue // removed without a merge: nothing copied, no growth
+		}
 		err := c.Extents(func(r vhd.Run) error {
 			if r.State != vhd.StateAbsent {
 				s.CopyBytes += r.Len
@@ -799,13 +810,7 @@ func (p *Plan) measure(ch *vhd.Chain, k int, o *Options) error {
 		if tinf.Format == vhd.FormatVHDX {
 			s.NewDataWriteGUID = vhd.NewGUID().String()
 		}
-		if !o.Keep {
-			s.FreedBytes = allocatedBytes(s.Child)
-		}
-		s.ParentVolume = mountOf(s.Parent)
-		s.ChildVolume = mountOf(s.Child)
 		p.CopyBytes += s.CopyBytes
-		_ = cinf
 	}
 	// Peaks: growth lands on the parent's volume, a removal frees the
 	// child's space after its step.

@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/hvsnap/hvsnap/internal/fsutil"
 	"github.com/hvsnap/hvsnap/internal/journal"
 	"github.com/hvsnap/hvsnap/internal/lock"
 	"github.com/hvsnap/hvsnap/merge"
@@ -95,34 +96,23 @@ func withJSONRefusal(run cli.ActionFunc) cli.ActionFunc {
 		if !c.Bool("json") {
 			return run(c)
 		}
-		cw := &byteCounter{w: c.App.Writer}
+		cw := &fsutil.CountingWriter{W: c.App.Writer}
 		c.App.Writer = cw
 		err := run(c)
-		c.App.Writer = cw.w
+		c.App.Writer = cw.W
 		var ee *exitErr
-		if err == nil || cw.n > 0 || (errors.As(err, &ee) && ee.code == exitUsage) {
+		if err == nil || cw.N > 0 || (errors.As(err, &ee) && ee.code == exitUsage) {
 			return err
 		}
 		key := "error"
 		if errors.Is(err, merge.ErrRefused) || errors.Is(err, merge.ErrBusy) || errors.Is(err, merge.ErrNoSpace) {
 			key = "refused"
 		}
-		if jerr := writeJSON(cw.w, map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, key: errorLine(err)}); jerr != nil {
+		if jerr := writeJSON(cw.W, map[string]any{"schema": jsonSchema, "plans": []any{}, "results": []any{}, key: errorLine(err)}); jerr != nil {
 			return jerr
 		}
 		return err
 	}
-}
-
-type byteCounter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *byteCounter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // acceptStaleFlag lets merge and cleanup go on past a VMCX configuration
@@ -447,13 +437,20 @@ func (e *pendingDry) Error() string {
 // disks are held (it is still running in another process) is reported as
 // such.
 func finishJournal(c *cli.Context, j string, o *merge.Options) (removal bool, err error) {
-	what := "merge"
-	if p, err := merge.JournalPlan(j); err == nil && p.Discards() {
-		removal, what = true, "removal without merge (--remove-leaf)"
-	}
 	oo := *o
 	oo.Into, oo.Keep, oo.RemoveLeaf = "", false, false
-	if _, err := merge.Resume(j, &oo, reporter(c)); err != nil {
+	res, err := merge.Resume(j, &oo, reporter(c))
+	var p *merge.Plan
+	if res != nil {
+		p = res.Plan
+	} else {
+		p, _ = merge.JournalPlan(j) // refused before the journal was read: for the message
+	}
+	what := "merge"
+	if p != nil && p.Discards() {
+		removal, what = true, "removal without merge (--remove-leaf)"
+	}
+	if err != nil {
 		if errors.Is(err, lock.ErrInUse) {
 			return removal, fmt.Errorf("merge: the %s recorded in %s is not finished and its disks are in use (still running in another process, or a VM holds them): %w", what, j, err)
 		}

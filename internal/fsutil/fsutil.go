@@ -3,6 +3,7 @@
 package fsutil
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -29,4 +30,16 @@ func AtomicRename(tmp, dst string) error {
 		return err
 	}
 	return SyncDir(dst)
+}
+
+// CountingWriter passes writes to W and counts the bytes written in N.
+type CountingWriter struct {
+	W io.Writer
+	N int64
+}
+
+func (c *CountingWriter) Write(p []byte) (int, error) {
+	n, err := c.W.Write(p)
+	c.N += int64(n)
+	return n, err
 }
