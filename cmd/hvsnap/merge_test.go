@@ -482,11 +482,7 @@ func TestCLICleanupFinishesInterruptedMerge(t *testing.T) {
 // failure: a nightly job must not fail every night for a running VM.
 func TestCLICleanupSkipsDiskInUse(t *testing.T) {
 	root, pm, web, _, _ := mergeStore(t)
-	l, err := lock.File(web.Leaf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Release()
+	holdLock(t, web.Leaf)
 	for _, dry := range []bool{true, false} {
 		args := []string{"cleanup", "--path-map", pm, root}
 		if dry {
@@ -630,11 +626,7 @@ func TestCLIInterruptedMergeHeldElsewhere(t *testing.T) {
 	_, pm, web, _, _ := mergeStore(t)
 	want, _ := web.LiveSHA256()
 	interruptMerge(t, pm, web.Leaf)
-	l, err := lock.File(web.Base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Release()
+	holdLock(t, web.Base)
 	for _, args := range [][]string{
 		{"merge", "--yes", "--path-map", pm, web.Leaf},
 		{"export", "--to", filepath.Join(t.TempDir(), "b"), "--path-map", pm, web.Dir},
@@ -720,11 +712,7 @@ func interruptMerge(t *testing.T, pm, disk string) {
 func TestCLICleanupInterruptedMergeInUse(t *testing.T) {
 	root, pm, web, _, _ := mergeStore(t)
 	interruptMerge(t, pm, web.Leaf)
-	l, err := lock.File(web.Base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Release()
+	holdLock(t, web.Base)
 	for _, dry := range []bool{true, false} {
 		args := []string{"cleanup", "--path-map", pm, root}
 		if dry {
@@ -896,4 +884,15 @@ func TestCLIInterruptedRemoveLeaf(t *testing.T) {
 			t.Fatalf("%s: the leaf is still there: %v", by, err)
 		}
 	}
+}
+
+// holdLock locks path for the rest of the test, as a running VM or another
+// job would.
+func holdLock(t *testing.T, path string) {
+	t.Helper()
+	l, err := lock.File(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Release() })
 }
