@@ -279,12 +279,12 @@ func planVM(dir string, o *Options) (*plan, error) {
 	}
 	v := store.VMs[0]
 	cfg := v.Config
-	// A VMCX whose replay log still holds changes (hvsnap does not replay
-	// it) or with damaged entries may name an old set of disks: a package
+	// A VMCX whose replay log holds changes that could not be replayed (a
+	// damaged or not understood log) or with damaged entries may name an old set of disks: a package
 	// made from it could miss the disk the VM uses now, and a relocation
 	// would then leave that disk behind.
 	if c := v.Inconsistent(); c != nil {
-		return nil, fmt.Errorf("export: %s is a VMCX configuration that may lack its last changes (outstanding replay-log entries, which hvsnap does not replay, or damaged entries): the disks it names may not be the ones the VM uses; let Hyper-V open it once on the host (Get-VM), or move the VM with Export-VM there", c.Path)
+		return nil, fmt.Errorf("export: %s is a VMCX configuration that may lack its last changes (outstanding replay-log entries that could not be replayed, or damaged entries): the disks it names may not be the ones the VM uses; let Hyper-V open it once on the host (Get-VM), or move the VM with Export-VM there", c.Path)
 	}
 	p := &plan{kind: "vm", vm: &pkgfmt.VMInfo{Name: cfg.Name, ID: cfg.ID, ConfigKind: cfg.Kind}}
 	p.root = pkgfmt.SafeName(cfg.Name)

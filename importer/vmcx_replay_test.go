@@ -3,6 +3,7 @@ package importer_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,9 +16,10 @@ import (
 	"github.com/hvsnap/hvsnap/vhd"
 )
 
-// A VMCX with an outstanding replay-log entry (hvsnap does not replay VMCX
-// logs) may name an old set of disks: export, and so relocate, refuse it
-// with the reason instead of packaging what may be the wrong disks.
+// A VMCX whose replay log claims an outstanding entry that cannot be
+// replayed (a damaged log) may name an old set of disks: export, and so
+// relocate, refuse it with the reason instead of packaging what may be the
+// wrong disks.
 func TestExportRefusesUnreplayedVMCX(t *testing.T) {
 	root := t.TempDir()
 	vmDir := filepath.Join(root, "fuzz")
@@ -49,8 +51,8 @@ func TestExportRefusesUnreplayedVMCX(t *testing.T) {
 	}
 }
 
-// merge refuses too: the unreplayed changes may add a checkpoint that uses
-// the disks.
+// merge refuses too: the changes it could not replay may add a checkpoint
+// that uses the disks.
 func TestMergeRefusesUnreplayedVMCX(t *testing.T) {
 	vmDir := filepath.Join(t.TempDir(), "fuzz")
 	seedVM(t, vmDir)
@@ -83,9 +85,9 @@ func TestCleanupKeepsOrphanOfUnreplayedVMCX(t *testing.T) {
 	}
 }
 
-// seedVM writes the committed VMCX seed with an outstanding replay-log
-// entry (storetest.VMCXSeed: VM "fuzz") as the configuration of a VM folder
-// vmDir and returns its path.
+// seedVM writes the committed VMCX seed whose replay log cannot be replayed
+// (storetest.VMCXSeed: VM "fuzz") as the configuration of a VM folder vmDir
+// and returns its path.
 func seedVM(t *testing.T, vmDir string) string {
 	t.Helper()
 	cfg, err := storetest.UnreplayedVM(vmDir)
@@ -214,5 +216,71 @@ func TestMergeRefusesDiskOfVMCXCheckpoint(t *testing.T) {
 		if !errors.Is(err, merge.ErrRefused) || !strings.Contains(err.Error(), cp) || !strings.Contains(err.Error(), "Delete the checkpoint") {
 			t.Fatalf("keep %v: merge of a VMCX checkpoint's disk: %v", keep, err)
 		}
+	}
+}
+
+// A VMCX whose replay log holds a write Hyper-V had not applied yet (the
+// VM's SCSI drive changed from e.vhdx to d.vhdx): read with the log
+// replayed, export packages the disks the VM uses now (d.vhdx; e.vhdx does
+// not exist), and a merge of the disk it names goes on, re-pointing it with
+// the Set-VMHardDiskDrive command for the VM.
+func TestReplayedVMCXExportAndMerge(t *testing.T) {
+	root := t.TempDir()
+	vmDir := filepath.Join(root, "fuzz")
+	cdir := filepath.Join(root, "c")
+	if _, err := storetest.ReplayPendingVM(vmDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := filepath.Join(cdir, "a.vhd")
+	im, err := vhd.Create(a, vhd.CreateSpec{Format: vhd.FormatVHD, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+	base := filepath.Join(cdir, "base.vhdx")
+	d := filepath.Join(cdir, "d.vhdx") // the VM's disk: a child of base
+	for _, sp := range []struct {
+		path string
+		spec vhd.CreateSpec
+	}{{base, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}}, {d, vhd.CreateSpec{Format: vhd.FormatVHDX, Type: vhd.TypeDifferencing, Parent: base}}} {
+		im, err := vhd.Create(sp.path, sp.spec, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Close()
+	}
+	pm, _ := vhd.ParsePathMapping(`C:\=` + cdir)
+	c, err := export.List(vmDir, export.Options{To: filepath.Join(root, "out"), PathMap: vhd.PathMap{pm}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range c.Files {
+		if strings.HasSuffix(f.Source, "vhd") || strings.HasSuffix(f.Source, "vhdx") {
+			got = append(got, filepath.Base(f.Source))
+		}
+	}
+	if strings.Join(got, " ") != "a.vhd d.vhdx base.vhdx" && strings.Join(got, " ") != "a.vhd base.vhdx d.vhdx" {
+		t.Errorf("export lists disks %q", got)
+	}
+
+	o := &merge.Options{Roots: []string{vmDir, cdir}, PathMap: vhd.PathMap{pm}, Volumes: space.StaticVolumes{{Mount: "/", Free: 1 << 40}}}
+	p, err := merge.PlanMerge(d, o)
+	if err != nil {
+		t.Fatalf("merge of the replayed configuration's disk: %v", err)
+	}
+	res, err := merge.Run(p, o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := fmt.Sprintf("%+v", res)
+	if !strings.Contains(text, "Set-VMHardDiskDrive") || !strings.Contains(text, "'fuzz'") {
+		t.Errorf("merge result does not tell how to re-point VM fuzz: %s", text)
+	}
+	if _, err := os.Stat(d); !os.IsNotExist(err) {
+		t.Errorf("merged disk still there: %v", err)
 	}
 }

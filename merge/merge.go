@@ -78,7 +78,7 @@ type Options struct {
 	Wrap vhd.FileWrapper
 	// AcceptStale names configurations the operator accepts although they
 	// may lack their last changes (a VMCX with outstanding replay-log
-	// entries, which hvsnap does not replay, or damaged entries). Without
+	// entries that could not be replayed, or damaged entries). Without
 	// it such a configuration in the store refuses the merge; with it the
 	// plan carries a note saying what to check on the host.
 	AcceptStale []string

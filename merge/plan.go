@@ -156,8 +156,8 @@ func Discover(roots []string, extra []string, pm vhd.PathMap, wrap vhd.FileWrapp
 }
 
 // consistent refuses to change disk when a configuration found may lack
-// its last changes: a VMCX whose replay log still holds changes (hvsnap
-// does not replay it) or with damaged entries may have a checkpoint, or a
+// its last changes: a VMCX whose replay log holds changes that could not
+// be replayed (a damaged or not understood log) or with damaged entries may have a checkpoint, or a
 // drive, that uses the disk. A configuration the operator accepted
 // (Options.AcceptStale) is not a refusal: it comes back as a note for the
 // plan, with what to check on the host afterwards.
@@ -176,7 +176,7 @@ func (s *Store) consistent(disk string, accept []string, acceptable bool) ([]str
 				if acceptable {
 					hint = fmt.Sprintf("; where that cannot be done, accept the risk for this file with --accept-stale-config '%s'", c.Path)
 				}
-				return nil, refused(disk, "%s is a VMCX configuration that may lack its last changes (%s; hvsnap does not replay VMCX replay-log entries): it may have checkpoints or drives that use this disk; let Hyper-V open it once on the host (Get-VM), or do this there%s", c.Path, staleWhy(c), hint)
+				return nil, refused(disk, "%s is a VMCX configuration that may lack its last changes (%s; its replay-log entries are replayed only when every one checks out): it may have checkpoints or drives that use this disk; let Hyper-V open it once on the host (Get-VM), or do this there%s", c.Path, staleWhy(c), hint)
 			}
 			notes = append(notes, staleNote(v, c))
 			used[canon(c.Path)] = true

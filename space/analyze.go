@@ -436,6 +436,13 @@ func (a *analysis) buildVMs(st *vm.Store) {
 		if v.Name == "" {
 			v.Name = c.ID
 		}
+		for _, cc := range sv.Configs() {
+			if cc != nil && cc.LogReplayed > 0 {
+				a.add(Finding{Code: FindVMCXLogReplayed, Severity: SevInfo, VM: v.Name, Paths: []string{cc.Path},
+					Message:  fmt.Sprintf("VM %s: %s holds %d writes Hyper-V logged but had not applied (the host stopped in between); hvsnap read it with them replayed in memory, without writing the file; Hyper-V applies them when it next opens the VM", v.Name, cc.Path, cc.LogReplayed),
+					Evidence: map[string]any{"vm_id": v.ID, "config": cc.Path, "replayed_writes": cc.LogReplayed}})
+			}
+		}
 		roots := map[string]bool{}
 		for _, dr := range c.Disks {
 			drv := Drive{Location: dr.Location(), WindowsPath: dr.WindowsPath, Exists: dr.Exists}

@@ -577,3 +577,51 @@ func TestMissingCheckpointDisk(t *testing.T) {
 		t.Fatalf("findings: %+v", got)
 	}
 }
+
+// A VMCX configuration with a write Hyper-V logged but had not applied (its
+// SCSI drive changed from e.vhdx to d.vhdx): the analysis reads it with the
+// write replayed — the drive is d.vhdx, no missing-disk finding for e.vhdx —
+// and says so in an info finding naming the file.
+func TestAnalyzeReplayedVMCX(t *testing.T) {
+	root := t.TempDir()
+	vmDir, cdir := filepath.Join(root, "fuzz"), filepath.Join(root, "c")
+	cfg, err := storetest.ReplayPendingVM(vmDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for d, f := range map[string]vhd.Format{"a.vhd": vhd.FormatVHD, "d.vhdx": vhd.FormatVHDX} {
+		im, err := vhd.Create(filepath.Join(cdir, d), vhd.CreateSpec{Format: f, Type: vhd.TypeDynamic, Size: 8 * vhd.MiB}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Close()
+	}
+	pm, _ := vhd.ParsePathMapping(`C:\=` + cdir)
+	r, err := Analyze(context.Background(), []string{root}, Options{PathMap: vhd.PathMap{pm}, Volumes: StaticVolumes{{Mount: root, Size: 1 << 40, Free: 1 << 39}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info []Finding
+	for _, f := range r.Findings {
+		switch f.Code {
+		case FindVMCXLogReplayed:
+			info = append(info, f)
+		case FindMissingDisk:
+			t.Errorf("missing-disk finding: %s", f.Message)
+		}
+	}
+	if len(info) != 1 || info[0].Severity != SevInfo || info[0].VM != "fuzz" || info[0].Evidence["config"] != cfg || info[0].Evidence["replayed_writes"] != 1 {
+		t.Fatalf("findings: %+v", info)
+	}
+	if len(r.VMs) != 1 || len(r.VMs[0].Drives) != 2 || r.VMs[0].Drives[1].Path != filepath.Join(cdir, "d.vhdx") || !r.VMs[0].Drives[1].Exists {
+		t.Fatalf("drives: %+v", r.VMs)
+	}
+	for _, w := range r.Warnings {
+		if strings.Contains(w, "inconsistent") {
+			t.Errorf("scan warning: %s", w)
+		}
+	}
+}

@@ -58,6 +58,10 @@ const (
 	FindPausedRisk            = "paused-critical-risk" // free space below what differencing disks can still grow
 	FindLowSpace              = "low-space"            // free space below the thresholds
 	FindUnfinishedOp          = "unfinished-operation" // an hvsnap merge/relocation journal next to the disks: interrupted (or running)
+	// FindVMCXLogReplayed: a VMCX configuration held writes Hyper-V had
+	// logged but not applied (the host stopped in between); it was read with
+	// them replayed in memory (info).
+	FindVMCXLogReplayed = "vmcx-log-replayed"
 )
 
 // Thresholds used for findings and verdicts.

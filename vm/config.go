@@ -71,10 +71,15 @@ type Config struct {
 	// AttachedBy says how Scan attached this checkpoint to its VM:
 	// "vm-id" (VMID matches) or "folder" (sole VM of the same VM root).
 	AttachedBy string
-	// PossiblyInconsistent: a VMCX with outstanding replay-log entries or
-	// dropped damaged entries; values may be stale or missing.
+	// PossiblyInconsistent: a VMCX with outstanding replay-log entries that
+	// could not be replayed, or dropped damaged entries; values may be stale
+	// or missing.
 	PossiblyInconsistent bool
-	Warnings             []string
+	// LogReplayed is the number of outstanding VMCX replay-log writes applied
+	// in memory before the file was read (0: none were outstanding, or they
+	// could not be replayed, see PossiblyInconsistent).
+	LogReplayed int
+	Warnings    []string
 	// Tree is the whole key tree (root `configuration`), for keys this
 	// model does not extract.
 	Tree *Key `json:"-"`
@@ -240,6 +245,9 @@ func ParseVMCXConfig(r io.ReaderAt, size int64, path string, opts *ParseOptions)
 		return nil, err
 	}
 	c.PossiblyInconsistent = ct.PossiblyInconsistent || len(ct.Problems) > 0
+	if ct.LogReplayed {
+		c.LogReplayed = int(ct.ReplayLogEntries)
+	}
 	c.Warnings = append(append([]string(nil), ct.Warnings...), c.Warnings...)
 	for _, p := range ct.Problems {
 		c.Warnings = append(c.Warnings, p.Error())

@@ -33,7 +33,34 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		buildVMCX(t, reg, vmcxBuildOpts{compact: true}).data,
 		buildVMCX(t, small.tree(), vmcxBuildOpts{compact: true, staleTable1: true, unallocTable: true}).data,
 		broken.data,
+		pendingSeed(t, small),
 	}
+}
+
+// pendingSeed is the small configuration with a change not yet applied in
+// place: the file names C:\e.vhdx as its SCSI drive, and its replay log
+// holds, as an outstanding write, the change to C:\d.vhdx (seed-6; the
+// storetest package writes it as a VM whose configuration must be read
+// with its log replayed).
+func pendingSeed(t testing.TB, small tconfig) []byte {
+	cur := buildVMCX(t, small.tree(), vmcxBuildOpts{compact: true})
+	old := small
+	old.scsi = [][]tdrive{{{"VHD", `C:\e.vhdx`}}}
+	in := buildVMCX(t, old.tree(), vmcxBuildOpts{compact: true})
+	if len(in.data) != len(cur.data) {
+		t.Fatal("pendingSeed: the two layouts differ")
+	}
+	lo, hi := 0, len(cur.data)
+	for lo < hi && in.data[lo] == cur.data[lo] {
+		lo++
+	}
+	for hi > lo && in.data[hi-1] == cur.data[hi-1] {
+		hi--
+	}
+	if lo == hi || lo < vmcxObjectTableOffset {
+		t.Fatalf("pendingSeed: change at 0x%x..0x%x", lo, hi)
+	}
+	return withReplayLog(in.data, []logWrite{{int64(lo), cur.data[lo:hi]}})
 }
 
 // The fuzz input is a container in packed form: the two 46-byte headers, then

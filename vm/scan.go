@@ -62,8 +62,8 @@ func (v *VM) Configs() []*Config {
 }
 
 // Inconsistent returns the first of the VM's configurations that may lack
-// its last changes (a VMCX with outstanding replay-log entries, which this
-// package does not replay, or with damaged entries), or nil.
+// its last changes (a VMCX with outstanding replay-log entries that could
+// not be replayed, or with damaged entries), or nil.
 func (v *VM) Inconsistent() *Config {
 	for _, c := range v.Configs() {
 		if c != nil && c.PossiblyInconsistent {

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"fmt"
+	"hash/crc32"
 	"io"
 	"sort"
 
@@ -26,11 +27,20 @@ type Container struct {
 	// ActiveHeader is 1 (offset 0) or 2 (offset 0x1000): the valid header
 	// with the higher sequence.
 	ActiveHeader int
-	// ReplayLogEntries is the replay log's outstanding entry count. Replay is
-	// not implemented: when non-zero, PossiblyInconsistent is set.
+	// ReplayLogEntries is the replay log's outstanding entry count: writes
+	// Hyper-V logged but may not have applied in place (it stopped before
+	// it reset the count).
 	ReplayLogEntries uint32
-	// PossiblyInconsistent: the file has outstanding replay-log entries (or
-	// an unreadable replay log), so the key tables may lack the last changes.
+	// LogReplayed: the outstanding entries were applied in memory, in log
+	// order, before anything else was read (the file itself is not
+	// written; Hyper-V applies them when it next opens the file). See
+	// [ReadContainer].
+	LogReplayed bool
+	// PossiblyInconsistent: the file has outstanding replay-log entries that
+	// could not be replayed (an entry or its data fails its checksum or
+	// points outside the log or the file, or the log uses fields whose
+	// meaning is not known) or an unreadable replay log, so the key tables
+	// may lack the last changes.
 	PossiblyInconsistent bool
 	// Roots are the top-level keys: `configuration` in VM files,
 	// `Configurations` in the host's data.vmcx.
@@ -71,6 +81,15 @@ func OpenContainer(path string, opts *ContainerOptions) (*Container, error) {
 // every checksum, offset and length against size, and returns an *Error
 // wrapping ErrCorrupt (or ErrUnsupported) when the file cannot be read. It
 // never writes.
+//
+// Outstanding replay-log entries are replayed into an in-memory overlay
+// first: each entry names a file offset, a size, and where in the log the
+// bytes to write there are kept, with CRC-32 checksums of the entry and of
+// those bytes (a redo log; worked out from the entries the real Hyper-V
+// files leave in their logs, whose data equals what is in place, see
+// FORMATS.md §5.2 and vmcx_format.go). Replay happens only when every
+// outstanding entry checks out; otherwise nothing is replayed and
+// PossiblyInconsistent is set with a warning that says why.
 func ReadContainer(r io.ReaderAt, size int64, path string, opts *ContainerOptions) (*Container, error) {
 	x := &vmcxReader{r: r, size: size, path: path, c: &Container{Path: path}}
 	if opts != nil {
@@ -199,8 +218,9 @@ func (x *vmcxReader) readHeaders() (vmcxHeader, error) {
 	return h, nil
 }
 
-// readReplayLog records the replay log's entry count; outstanding entries
-// (or an unreadable log) make the result "possibly inconsistent".
+// readReplayLog reads the replay log and replays its outstanding entries
+// (see [ReadContainer]); a log that cannot be read or replayed makes the
+// result "possibly inconsistent".
 func (x *vmcxReader) readReplayLog(h vmcxHeader) {
 	if h.ReplayLogOffset > uint64(x.size) {
 		x.c.PossiblyInconsistent = true
@@ -224,9 +244,135 @@ func (x *vmcxReader) readReplayLog(h vmcxHeader) {
 		x.warn("replay log at 0x%x: checksum mismatch (stored 0x%08x, computed 0x%08x); contents possibly inconsistent", off, l.Checksum, sum)
 	case l.Count > 0:
 		x.c.ReplayLogEntries = l.Count
-		x.c.PossiblyInconsistent = true
-		x.warn("replay log at 0x%x has %d outstanding entries (not replayed); contents possibly inconsistent", off, l.Count)
+		ov, err := x.replayEntries(h, l, b)
+		if err != nil {
+			x.c.PossiblyInconsistent = true
+			x.warn("replay log at 0x%x has %d outstanding entries, not replayed: %s; contents possibly inconsistent", off, l.Count, err)
+			return
+		}
+		x.r, x.size = ov, ov.size
+		x.c.LogReplayed = true
 	}
+}
+
+// replayEntries checks the log's outstanding entries and returns the
+// overlay that applies them, or why they cannot be replayed. Nothing is
+// replayed unless every entry checks out: an entry that fails is either
+// damage or a use of the log not seen in real files, and applying the
+// others alone could make a state Hyper-V never wrote.
+func (x *vmcxReader) replayEntries(h vmcxHeader, l vmcxReplayLog, hdr []byte) (*replayOverlay, error) {
+	logOff := int64(h.ReplayLogOffset)
+	if f := l.unknownFields(hdr); f != "" {
+		return nil, fmt.Errorf("the log header has %s, whose meaning is not known (zero in every real file)", f)
+	}
+	// The log's size may reach past the end of the file (two of the four
+	// real files: their logs' unused tail was never written); each entry's
+	// data must lie inside both.
+	logSize := int64(min(h.ReplayLogSize, 1<<62))
+	if l.MaxEntries > vmcxMaxReplayLogCount || l.Count > l.MaxEntries {
+		return nil, fmt.Errorf("%d entries outstanding of at most %d", l.Count, l.MaxEntries)
+	}
+	dataStart := int64(vmcxReplayLogHeaderLen) + int64(l.MaxEntries)*vmcxReplayEntryLen
+	if dataStart > logSize {
+		return nil, fmt.Errorf("room for %d entries (0x%x bytes) does not fit in the log (0x%x bytes)", l.MaxEntries, dataStart, logSize)
+	}
+	raw, err := x.readAt(logOff+vmcxReplayLogHeaderLen, int64(l.Count)*vmcxReplayEntryLen, "replay log entries")
+	if err != nil {
+		return nil, err
+	}
+	ov := &replayOverlay{base: x.r, baseSize: x.size, size: x.size}
+	var total int64
+	for i := 0; i < int(l.Count); i++ {
+		eb := raw[i*vmcxReplayEntryLen : (i+1)*vmcxReplayEntryLen]
+		e := decodeVMCXReplayEntry(eb)
+		at := logOff + vmcxReplayLogHeaderLen + int64(i)*vmcxReplayEntryLen
+		bad := func(format string, args ...any) error {
+			return fmt.Errorf("entry %d at 0x%x: %s", i, at, fmt.Sprintf(format, args...))
+		}
+		if sum := vmcxReplayEntryChecksum(eb); sum != e.Checksum {
+			return nil, bad("checksum mismatch (stored 0x%08x, computed 0x%08x)", e.Checksum, sum)
+		}
+		if e.Unknown != 0 {
+			return nil, bad("field at +16 is 0x%x, whose meaning is not known (zero in every real file)", e.Unknown)
+		}
+		if e.Size == 0 || int64(e.Size) > vmcxMaxReplayBytes-total {
+			return nil, bad("writes %d bytes (all entries together at most %d)", e.Size, vmcxMaxReplayBytes)
+		}
+		total += int64(e.Size)
+		if int64(e.DataOffset) < dataStart || int64(e.DataOffset)+int64(e.Size) > logSize {
+			return nil, bad("its data (0x%x bytes at log offset 0x%x) lies outside the log's data area (0x%x..0x%x)", e.Size, e.DataOffset, dataStart, logSize)
+		}
+		end := e.Target + uint64(e.Size)
+		switch {
+		case e.Target < vmcxObjectTableOffset:
+			return nil, bad("writes 0x%x bytes at 0x%x, into the file headers", e.Size, e.Target)
+		case end > uint64(x.size)+vmcxMaxReplayBytes:
+			return nil, bad("writes 0x%x bytes at 0x%x, far beyond the end of the file (%d bytes)", e.Size, e.Target, x.size)
+		case int64(e.Target) < logOff+logSize && int64(end) > logOff:
+			return nil, bad("writes 0x%x bytes at 0x%x, into the replay log itself", e.Size, e.Target)
+		}
+		data, err := x.readAt(logOff+int64(e.DataOffset), int64(e.Size), "replay log data")
+		if err != nil {
+			return nil, bad("%v", err)
+		}
+		if sum := crc32.ChecksumIEEE(data); sum != e.DataChecksum {
+			return nil, bad("data checksum mismatch (stored 0x%08x, computed 0x%08x)", e.DataChecksum, sum)
+		}
+		ov.writes = append(ov.writes, replayWrite{off: int64(e.Target), data: data})
+		ov.size = max(ov.size, int64(end))
+	}
+	return ov, nil
+}
+
+// replayWrite is one replayed entry: data for file offset off.
+type replayWrite struct {
+	off  int64
+	data []byte
+}
+
+// replayOverlay reads the file as it is once the replay log's writes are
+// applied, in log order (a later write to the same bytes wins). A write past
+// the end of the file extends it; the gap reads as zeros.
+type replayOverlay struct {
+	base     io.ReaderAt
+	baseSize int64
+	size     int64
+	writes   []replayWrite
+}
+
+func (o *replayOverlay) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("negative offset %d", off)
+	}
+	if off >= o.size {
+		return 0, io.EOF
+	}
+	want, n := len(p), len(p)
+	if int64(n) > o.size-off {
+		n = int(o.size - off)
+	}
+	p = p[:n]
+	in := 0 // bytes that come from the file itself
+	if off < o.baseSize {
+		in = int(min(int64(n), o.baseSize-off))
+		if m, err := o.base.ReadAt(p[:in], off); m < in {
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return m, err
+		}
+	}
+	clear(p[in:])
+	for _, w := range o.writes {
+		lo, hi := max(off, w.off), min(off+int64(n), w.off+int64(len(w.data)))
+		if lo < hi {
+			copy(p[lo-off:hi-off], w.data[lo-w.off:hi-w.off])
+		}
+	}
+	if n < want {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 type objRef struct {

@@ -7,6 +7,7 @@ package vm
 
 import (
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
 	"math"
 	"strings"
@@ -37,9 +38,12 @@ const (
 	vmcxObjFree        = 4
 	vmcxObjReplayLog   = 6
 
-	// Replay log header (34 bytes); entries follow (28 bytes each).
+	// Replay log header (34 bytes); entries follow (28 bytes each), room for
+	// MaxEntries of them; the data the entries write follows, anywhere in the
+	// log after that room (at 0x1000 in every real file).
 	vmcxReplayLogSignature = 0x01110003
 	vmcxReplayLogHeaderLen = 34
+	vmcxReplayEntryLen     = 28
 
 	// Key table header (10 bytes); key entries follow back to back.
 	vmcxKeyTableSignature = 0x0002
@@ -78,6 +82,7 @@ const (
 	vmcxMaxValueSize      = 16 << 20 // one value held in a file object
 	vmcxMaxProblems       = 64       // entry-level problems recorded verbatim
 	vmcxMaxReplayLogCount = 1 << 20  // sanity bound on the replay log's count
+	vmcxMaxReplayBytes    = 64 << 20 // all replayed writes together (real: ≤ 36 KiB)
 )
 
 var le = binary.LittleEndian
@@ -161,6 +166,58 @@ func decodeVMCXReplayLog(b []byte) vmcxReplayLog {
 }
 
 func vmcxReplayLogChecksum(b []byte) uint32 { return crcZeroed(b[:vmcxReplayLogHeaderLen], 4) }
+
+// unknownFields names the replay-log header fields whose meaning is not
+// known and that are not zero (the u8 at +12, the four u32 at +17..+32 and
+// the u8 at +33 are zero in every real file), or "".
+func (vmcxReplayLog) unknownFields(b []byte) string {
+	var f []string
+	if b[12] != 0 {
+		f = append(f, fmt.Sprintf("+12 = 0x%x", b[12]))
+	}
+	for o := 17; o < 33; o += 4 {
+		if v := le.Uint32(b[o:]); v != 0 {
+			f = append(f, fmt.Sprintf("+%d = 0x%x", o, v))
+		}
+	}
+	if b[33] != 0 {
+		f = append(f, fmt.Sprintf("+33 = 0x%x", b[33]))
+	}
+	if len(f) == 0 {
+		return ""
+	}
+	return "fields " + strings.Join(f, ", ")
+}
+
+// vmcxReplayEntry is one replay-log entry: write Size bytes, kept in the log
+// at DataOffset (from the start of the log), at file offset Target. Worked
+// out on the real samples (FORMATS.md §5.2 gives the layout only): in all
+// four, the entries left from earlier writes (count 0) have valid
+// checksums, DataChecksum is the CRC-32 of the Size bytes at log offset
+// DataOffset (from 0x1000 on, most packed one after the other), and the
+// data of the first entries equals the file's bytes at Target (key tables,
+// and object-table entries at 0x2000 + 18·n): what was written there.
+type vmcxReplayEntry struct {
+	Target       uint64
+	Size         uint32
+	DataOffset   uint32
+	Unknown      uint32 // zero in every real file
+	Checksum     uint32 // CRC-32 of the entry with this field zero
+	DataChecksum uint32 // CRC-32 of the data
+}
+
+func decodeVMCXReplayEntry(b []byte) vmcxReplayEntry {
+	return vmcxReplayEntry{
+		Target:       le.Uint64(b[0:]),
+		Size:         le.Uint32(b[8:]),
+		DataOffset:   le.Uint32(b[12:]),
+		Unknown:      le.Uint32(b[16:]),
+		Checksum:     le.Uint32(b[20:]),
+		DataChecksum: le.Uint32(b[24:]),
+	}
+}
+
+func vmcxReplayEntryChecksum(b []byte) uint32 { return crcZeroed(b[:vmcxReplayEntryLen], 20) }
 
 // vmcxKeyTable is a key-table header.
 type vmcxKeyTable struct {

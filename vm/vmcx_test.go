@@ -111,7 +111,6 @@ func TestVMCXCorruption(t *testing.T) {
 		strictOK    bool // strict read succeeds too
 		configError bool // ParseVMCXConfig fails
 	}
-	nameOf := func(c *Container) string { return c.Root("configuration").Lookup("properties/name").String() }
 	nameIs := func(want string) func(t *testing.T, c *Container) {
 		return func(t *testing.T, c *Container) {
 			t.Helper()

@@ -29,7 +29,8 @@ With --orphans it also removes orphaned differencing disks that nothing
 depends on and no VM or checkpoint names (leaves first).
 
 While a VMCX configuration under the ROOTs may lack its last changes
-(outstanding replay-log entries, which hvsnap does not replay), its merges are
+(outstanding replay-log entries hvsnap could not replay: a damaged log, or one
+using fields whose meaning is not known), its merges are
 skipped with the reason; --accept-stale-config FILE lets them run (never the
 removal of an orphan, which that configuration may be using).
 

@@ -39,8 +39,10 @@ uses, a broken link,
 a disk in use (locked by a running VM or another job), an unfinished operation,
 and not enough free space (exit 3, with the volumes that have room and the
 relocation command). It also refuses while a VMCX configuration in the store
-may lack its last changes (outstanding replay-log entries, which hvsnap does not
-replay): that configuration could have a checkpoint using these disks. Let
+may lack its last changes (outstanding replay-log entries hvsnap could not
+replay: a damaged log, or one using fields whose meaning is not known; a log
+that checks out is replayed in memory): that configuration could have a
+checkpoint using these disks. Let
 Hyper-V open the VM once, or, where no Hyper-V host is at hand, name the file
 with --accept-stale-config to go on; the plan then says what to check on the
 host afterwards.
@@ -117,7 +119,7 @@ func withJSONRefusal(run cli.ActionFunc) cli.ActionFunc {
 
 // acceptStaleFlag lets merge and cleanup go on past a VMCX configuration
 // that may lack its last changes (merge.Options.AcceptStale).
-var acceptStaleFlag = &cli.StringSliceFlag{Name: "accept-stale-config", Usage: "go on although the VMCX configuration `FILE` may lack its last changes (outstanding replay-log entries hvsnap cannot replay); repeatable"}
+var acceptStaleFlag = &cli.StringSliceFlag{Name: "accept-stale-config", Usage: "go on although the VMCX configuration `FILE` may lack its last changes (outstanding replay-log entries hvsnap could not replay); repeatable"}
 
 func mergeOptions(c *cli.Context) (*merge.Options, error) {
 	pm, err := pathMap(c)

@@ -14,9 +14,9 @@ import (
 // holding the container in its packed form) and returns the file as it is
 // on disk: the two 46-byte headers at 0x0 and 0x1000, the rest from the
 // object table at 0x2000. Tests of packages that cannot build VMCX files
-// themselves use it (seed-5: VM "fuzz", ID 6F2B7A31-0C43-4E59-9B1D-
-// 2A7C5E8F9013, drives C:\a.vhd and C:\d.vhdx, one outstanding replay-log
-// entry).
+// themselves use it (seed-5 and seed-6: VM "fuzz", ID 6F2B7A31-0C43-4E59-9B1D-
+// 2A7C5E8F9013, drives C:\a.vhd and C:\d.vhdx; seed-5 with a damaged
+// replay log, seed-6 with a replayable one).
 func VMCXSeed(path string) ([]byte, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -42,20 +42,33 @@ func VMCXSeed(path string) ([]byte, error) {
 }
 
 // unreplayedSeed is the configuration UnreplayedVM writes: the seed of the vm
-// package's fuzz corpus, whose replay log holds one outstanding entry.
+// package's fuzz corpus whose replay log claims one outstanding entry that
+// is not there (an all-zero slot: a damaged log, which cannot be replayed).
 const unreplayedSeed = "seed-5"
 
-// UnreplayedVM writes the VMCX seed with an outstanding replay-log entry
+// pendingSeed is the configuration ReplayPendingVM writes: the seed whose
+// replay log holds one outstanding write that changes the SCSI drive from
+// C:\e.vhdx (in place) to C:\d.vhdx.
+const pendingSeed = "seed-6"
+
+// UnreplayedVM writes the VMCX seed whose replay log cannot be replayed
 // (VM "fuzz", see VMCXSeed) as the configuration of the VM folder vmDir
 // ("Virtual Machines/6F2B7A31-….vmcx") and returns the file's path. The
 // seed is found next to this source file, so any package's tests can call
 // it.
-func UnreplayedVM(vmDir string) (string, error) {
+func UnreplayedVM(vmDir string) (string, error) { return seedVM(vmDir, unreplayedSeed) }
+
+// ReplayPendingVM is UnreplayedVM for the seed with a replayable
+// outstanding write: read with its log replayed, VM "fuzz" has the drives
+// C:\a.vhd and C:\d.vhdx; the bytes in place still name C:\e.vhdx.
+func ReplayPendingVM(vmDir string) (string, error) { return seedVM(vmDir, pendingSeed) }
+
+func seedVM(vmDir, seed string) (string, error) {
 	_, src, _, ok := runtime.Caller(0)
 	if !ok {
 		return "", fmt.Errorf("storetest: cannot locate the source tree")
 	}
-	data, err := VMCXSeed(filepath.Join(filepath.Dir(src), "..", "..", "vm", "testdata", "fuzz", "FuzzVMCX", unreplayedSeed))
+	data, err := VMCXSeed(filepath.Join(filepath.Dir(src), "..", "..", "vm", "testdata", "fuzz", "FuzzVMCX", seed))
 	if err != nil {
 		return "", err
 	}
