@@ -33,6 +33,7 @@ fuzz:
 	$(GO) test ./vhd -run '^$$' -fuzz '^FuzzVHDOpen$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x
 	$(GO) test ./vhd -run '^$$' -fuzz '^FuzzVHDXOpen$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x
 	$(GO) test ./vm -run '^$$' -fuzz '^FuzzVMCX$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x
+	$(GO) test ./vm -run '^$$' -fuzz '^FuzzVMCXReplay$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x
 
 cross:
 	GOOS=windows GOARCH=amd64 $(GO) build -o bin/hvsnap.exe ./cmd/hvsnap

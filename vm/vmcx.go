@@ -302,11 +302,13 @@ func (x *vmcxReader) replayEntries(h vmcxHeader, l vmcxReplayLog, hdr []byte) (*
 		if int64(e.DataOffset) < dataStart || int64(e.DataOffset)+int64(e.Size) > logSize {
 			return nil, bad("its data (0x%x bytes at log offset 0x%x) lies outside the log's data area (0x%x..0x%x)", e.Size, e.DataOffset, dataStart, logSize)
 		}
+		// Target is bounded before Target+Size is formed: a Target near
+		// 2^64 would otherwise wrap round to a small end and pass.
 		end := e.Target + uint64(e.Size)
 		switch {
 		case e.Target < vmcxObjectTableOffset:
 			return nil, bad("writes 0x%x bytes at 0x%x, into the file headers", e.Size, e.Target)
-		case end > uint64(x.size)+vmcxMaxReplayBytes:
+		case e.Target > uint64(x.size)+vmcxMaxReplayBytes || end > uint64(x.size)+vmcxMaxReplayBytes:
 			return nil, bad("writes 0x%x bytes at 0x%x, far beyond the end of the file (%d bytes)", e.Size, e.Target, x.size)
 		case int64(e.Target) < logOff+logSize && int64(end) > logOff:
 			return nil, bad("writes 0x%x bytes at 0x%x, into the replay log itself", e.Size, e.Target)

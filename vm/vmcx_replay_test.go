@@ -249,6 +249,13 @@ func TestVMCXReplayRefused(t *testing.T) {
 			resumReplayEntry(d, activeLog(d), last)
 			return d
 		}, "far beyond the end"},
+		{"write offset that wraps round", func(d []byte) []byte {
+			// Target+Size overflows to 0xF0: must not pass as a small write.
+			le.PutUint64(entry(d, last)[0:], ^uint64(0)-0xF)
+			le.PutUint32(entry(d, last)[8:], 0x100)
+			resumReplayEntry(d, activeLog(d), last)
+			return d
+		}, "far beyond the end"},
 		{"data inside the entry area", func(d []byte) []byte {
 			le.PutUint32(entry(d, last)[12:], 0x100)
 			resumReplayEntry(d, activeLog(d), last)
@@ -382,4 +389,68 @@ func TestVMCXPendingSeed(t *testing.T) {
 	if got := drives(data); !reflect.DeepEqual(got, []string{`C:\a.vhd`, `C:\e.vhdx`}) {
 		t.Errorf("not replayed: drives %q", got)
 	}
+}
+
+// FuzzVMCXReplay mutates the fields of one outstanding replay-log entry (and
+// the log's counts) of a pending file and fixes up every checksum after, so
+// that the fuzzer gets past CRC-32 to the bounds checks; FuzzVMCX, whose
+// mutations almost never keep a checksum valid, rarely does. Whatever the
+// fields, the read must not panic, and a replay it accepts must write only
+// where a replay may: at or after the object table, inside the file or at
+// most vmcxMaxReplayBytes past its end, never over the log.
+func FuzzVMCXReplay(f *testing.F) {
+	f.Add(uint64(0x2000), uint32(0x20), uint32(0x1000), uint32(1), uint32(145), uint8(0))
+	f.Add(^uint64(0)-0xF, uint32(0x100), uint32(0x1000), uint32(1), uint32(145), uint8(0))
+	f.Add(uint64(1)<<63, uint32(0x10), uint32(0xFFFFFFF0), uint32(1), uint32(145), uint8(1))
+	f.Add(uint64(0x3000), uint32(0xFFFFFFFF), uint32(0x1000), uint32(2), uint32(1), uint8(2))
+	small := tconfig{name: "fuzz", id: testVMID, subtype: 0, version: 2304, memoryMiB: 512, cpus: 1,
+		scsi: [][]tdrive{{{"VHD", `C:\d.vhdx`}}}, scsiInstances: []string{testSCSI0}}
+	small.ide[0][0] = tdrive{"VHD", `C:\a.vhd`}
+	base := pendingSeed(f, small)
+	f.Fuzz(func(t *testing.T, target uint64, size, dataOff, count, maxEntries uint32, slot uint8) {
+		data := append([]byte(nil), base...)
+		logOff := activeLog(data)
+		logSize := int64(le.Uint64(data[34:]))
+		i := int(slot % 3)
+		e := data[logOff+vmcxReplayLogHeaderLen+int64(i)*vmcxReplayEntryLen:]
+		le.PutUint64(e[0:], target)
+		le.PutUint32(e[8:], size)
+		le.PutUint32(e[12:], dataOff)
+		// A valid data checksum whenever the data lies inside the file.
+		if lo := logOff + int64(dataOff); int64(size) <= int64(len(data)) && lo <= int64(len(data))-int64(size) {
+			le.PutUint32(e[24:], crc32.ChecksumIEEE(data[lo:lo+int64(size)]))
+		}
+		resumReplayEntry(data, logOff, i)
+		le.PutUint32(data[logOff+8:], count%8)
+		le.PutUint32(data[logOff+13:], maxEntries)
+		resumReplayLog(data, logOff)
+
+		x := &vmcxReader{r: bytes.NewReader(data), size: int64(len(data)), path: "fuzz.vmcx", c: &Container{Path: "fuzz.vmcx"}}
+		h, err := x.readHeaders()
+		if err != nil {
+			t.Fatalf("headers: %v", err)
+		}
+		l := decodeVMCXReplayLog(data[logOff : logOff+vmcxReplayLogHeaderLen])
+		ov, err := x.replayEntries(h, l, data[logOff:logOff+vmcxReplayLogHeaderLen])
+		if err == nil {
+			for _, w := range ov.writes {
+				end := w.off + int64(len(w.data))
+				switch {
+				case w.off < vmcxObjectTableOffset || end < w.off:
+					t.Fatalf("accepted a write of %d bytes at %d (headers or wrapped)", len(w.data), w.off)
+				case end > int64(len(data))+vmcxMaxReplayBytes:
+					t.Fatalf("accepted a write of %d bytes at 0x%x, far past the end", len(w.data), w.off)
+				case w.off < logOff+logSize && end > logOff:
+					t.Fatalf("accepted a write of %d bytes at 0x%x into the log", len(w.data), w.off)
+				}
+			}
+			if ov.size < int64(len(data)) || ov.size > int64(len(data))+vmcxMaxReplayBytes {
+				t.Fatalf("overlay size %d for a %d-byte file", ov.size, len(data))
+			}
+		}
+		c, err := ReadContainer(bytes.NewReader(data), int64(len(data)), "fuzz.vmcx", nil)
+		if err == nil && c.LogReplayed == c.PossiblyInconsistent && c.ReplayLogEntries > 0 {
+			t.Fatalf("%d outstanding entries: replayed=%v and possibly inconsistent=%v", c.ReplayLogEntries, c.LogReplayed, c.PossiblyInconsistent)
+		}
+	})
 }
