@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -140,7 +141,10 @@ func mergeRounds(hv, work, prefix string, in mergeInputs, runs int) (res []resul
 	// best is printed too). The order rotates from round to round: what one
 	// run leaves behind (freed page cache, discards still running on the
 	// device) slows the next by up to 3x here, so no peer may always follow
-	// the same one.
+	// the same one. A plain rotation (round i starts at peer i) does not do
+	// that: it keeps who follows whom, and hvsnap ran right after qemu-img
+	// commit in every round it did not open; the rounds follow a balanced
+	// Latin square instead (roundOrder).
 	victim := filepath.Join(work, "victim")
 	withVictim := func() {
 		freshCp()
@@ -169,7 +173,7 @@ func mergeRounds(hv, work, prefix string, in mergeInputs, runs int) (res []resul
 	for i := 0; i < runs; i++ {
 		secs := make([]float64, len(peers))
 		for k := range peers {
-			j := (i + k) % len(peers)
+			j := roundOrder(i, len(peers))[k]
 			pr := peers[j]
 			r := measure(pr.res.Name, 1, in.copyBytes, pr.before, pr.cmd[0], pr.cmd[1:]...)
 			pr.res = best(pr.res, r)
@@ -191,6 +195,27 @@ func mergeRounds(hv, work, prefix string, in mergeInputs, runs int) (res []resul
 	}
 	os.RemoveAll(work)
 	return res, med
+}
+
+// roundOrder is the order of n peers in round i: the rows of a balanced
+// Latin square (Williams design), so that over n rounds (2n for odd n) every
+// peer runs first equally often and follows every other peer equally often.
+func roundOrder(i, n int) []int {
+	r := i % n
+	order := make([]int, n)
+	for j := range order {
+		f := 0 // the column offsets 0, 1, n-1, 2, n-2, ...
+		if j%2 == 1 {
+			f = (j + 1) / 2
+		} else if j > 0 {
+			f = n - j/2
+		}
+		order[j] = (r + f) % n
+	}
+	if n%2 == 1 && (i/n)%2 == 1 {
+		slices.Reverse(order)
+	}
+	return order
 }
 
 // settleCache removes the work folder and, as root, drops the page cache, so
