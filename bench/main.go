@@ -223,6 +223,9 @@ func main() {
 	for _, r := range res {
 		fmt.Printf("%-20s %9.3f %10.1f %7.1fMi  %s\n", r.Name, r.Seconds, r.MBps, float64(r.MaxRSS)/(1<<20), r.Command)
 	}
+	if m := selfMaxRSS(); m > 0 {
+		fmt.Printf("(max RSS: Linux starts a child's peak at the bench's own, %.1f MiB now, so a figure near that is a floor, not the tool's own peak; figures can read too high, never too low, so the RSS targets are judged conservatively)\n", float64(m)/(1<<20))
+	}
 	by := map[string]result{}
 	for _, r := range res {
 		by[r.Name] = r
