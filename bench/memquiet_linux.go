@@ -29,9 +29,9 @@ const warmBytes = 8 << 30
 // free-page-reporting): memory the guest frees (drop_caches between runs,
 // a finished run's page cache) goes back to the host, and the first touch
 // of each page afterwards costs a host fault. Measured on the bench VM on
-// 2026-12-02: touching 1 GiB of fresh memory took 3.2 s, and a plain
-// pread/pwrite copy of 1 GiB between cached files took 0.3 s or 4.0 s
-// depending only on how much of the memory it got had been reported.
+// 2026-12-02: a plain pread/pwrite copy of 1 GiB between cached files
+// took 0.3 s or 4.0 s depending only on how much of the memory it got had
+// been reported (0.27-0.34 s every time with reporting stopped).
 // Which peer paid depended on what ran before it, so ratios swung from 1.2
 // to 11 between identical runs. As root it stops reporting for the bench's
 // duration and touches warmBytes once so that every run starts on backed
